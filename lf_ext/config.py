@@ -1,0 +1,142 @@
+"""The ``bgobj_*`` settings: declaration, strict parsing and the settings active in this process.
+
+LLaMA-Factory rejects unknown keys, so lf_ext takes every ``bgobj_*`` key out of the arguments
+before LLaMA-Factory parses the rest (see ``lf_ext.patches.parser``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+KEY_PREFIX = "bgobj_"
+
+
+def _mask_provider_names() -> list[str]:
+    from lf_ext.masks.registry import mask_provider_names
+
+    return mask_provider_names()
+
+
+@dataclass(frozen=True)
+class BgObjArguments:
+    """Settings of the background/object extension. Every field is a ``bgobj_*`` YAML/CLI key."""
+
+    bgobj_mask_provider: str = field(
+        default="none",
+        metadata={
+            "help": "Mask provider that splits each image into background and object; "
+            "'none' keeps every visual token in the background group.",
+            "choices": _mask_provider_names,
+        },
+    )
+
+
+class BgObjConfigError(ValueError):
+    """A ``bgobj_*`` key or value is invalid."""
+
+
+def bgobj_fields() -> list[dataclasses.Field]:
+    return list(dataclasses.fields(BgObjArguments))
+
+
+def valid_keys() -> list[str]:
+    return [f.name for f in bgobj_fields()]
+
+
+def _choices(f: dataclasses.Field) -> list[str] | None:
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """Turn a CLI string into the field's type; leave typed YAML values alone but check them."""
+    kind = type(f.default)
+    if kind is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise BgObjConfigError(f"{f.name} expects true or false, got {value!r}.")
+        return value
+    if kind in (int, float) and not isinstance(value, bool):
+        try:
+            converted = kind(value)
+        except (TypeError, ValueError):
+            converted = None
+        if converted is not None and (kind is float or float(value) == converted):
+            return converted
+        raise BgObjConfigError(f"{f.name} expects a{'n integer' if kind is int else ' number'}, got {value!r}.")
+    if kind is str and isinstance(value, str):
+        return value
+    raise BgObjConfigError(f"{f.name} expects a {kind.__name__}, got {value!r}.")
+
+
+def _unknown_key_error(key: str) -> BgObjConfigError:
+    keys = valid_keys()
+    close = difflib.get_close_matches(key, keys, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return BgObjConfigError(f"Unknown lf_ext key '{key}'.{hint} Valid keys: {', '.join(keys)} (see `lf-ext config`).")
+
+
+def parse_bgobj_args(values: dict[str, Any]) -> BgObjArguments:
+    """Validate a mapping of ``bgobj_*`` keys strictly and return the settings."""
+    by_name = {f.name: f for f in bgobj_fields()}
+    parsed: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in by_name:
+            raise _unknown_key_error(key)
+        f = by_name[key]
+        parsed[key] = _coerce(f, value)
+        choices = _choices(f)
+        if choices is not None and parsed[key] not in choices:
+            raise BgObjConfigError(f"{key}={parsed[key]!r} is not one of: {', '.join(map(str, choices))}.")
+    return BgObjArguments(**parsed)
+
+
+def split_bgobj_args(args: dict[str, Any] | list[str]) -> tuple[dict[str, Any] | list[str], dict[str, Any]]:
+    """Separate ``bgobj_*`` keys from a LLaMA-Factory argument dict or argv list (inputs untouched)."""
+    if isinstance(args, dict):
+        rest = {k: v for k, v in args.items() if not str(k).startswith(KEY_PREFIX)}
+        return rest, {k: v for k, v in args.items() if str(k).startswith(KEY_PREFIX)}
+    rest_list: list[str] = []
+    found: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        item = args[i]
+        if item.startswith("--" + KEY_PREFIX):
+            key, eq, value = item[2:].partition("=")
+            if not eq:
+                if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                    raise BgObjConfigError(f"--{key} needs a value.")
+                value = args[i + 1]
+                i += 1
+            found[key] = value
+        else:
+            rest_list.append(item)
+        i += 1
+    return rest_list, found
+
+
+_ACTIVE = BgObjArguments()
+
+
+def active_settings() -> BgObjArguments:
+    """The settings parsed most recently in this process (defaults before any parse)."""
+    return _ACTIVE
+
+
+def set_active_settings(settings: BgObjArguments) -> None:
+    global _ACTIVE
+    _ACTIVE = settings
+
+
+def describe_keys() -> str:
+    """A table of every key with its default and help, for ``lf-ext config``."""
+    lines = []
+    for f in bgobj_fields():
+        choices = _choices(f)
+        extra = f" (one of: {', '.join(choices)})" if choices else ""
+        lines.append(f"{f.name}: {f.default!r}\n    {f.metadata['help']}{extra}")
+    return "\n".join(lines)

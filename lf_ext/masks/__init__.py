@@ -1,0 +1,1 @@
+"""Mask providers: how an image is split into background and object."""

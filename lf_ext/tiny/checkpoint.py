@@ -1,0 +1,152 @@
+"""Write small random VLM checkpoints (weights, config, tokenizer, processor, chat template).
+
+The result loads through the stock ``from_pretrained`` paths and LLaMA-Factory's ``qwen2_vl`` and
+``llava`` templates. ``shape="2b"`` gives Qwen2-VL-2B dimensions (random weights) for timing only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from transformers import (
+    AutoModelForImageTextToText,
+    CLIPImageProcessor,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaProcessor,
+    PretrainedConfig,
+    ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLImageProcessor,
+    Qwen2VLProcessor,
+    Qwen2VLVideoProcessor,
+)
+
+from lf_ext.tiny import ARCH_NAMES, SHAPES, chat_templates
+from lf_ext.tiny.tokenizer import llama_tokenizer, qwen_tokenizer
+
+
+def _embedding_rows(tokenizer) -> int:
+    """Like real checkpoints: more embedding rows than tokens (new tokens land on spare rows)."""
+    return int(math.ceil((len(tokenizer) + 16) / 64) * 64)
+
+
+def _qwen_token_ids(tokenizer) -> dict[str, int]:
+    ids = tokenizer.convert_tokens_to_ids
+    return dict(
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+    )
+
+
+def _qwen_text(tokenizer, shape: str) -> dict:
+    ids = tokenizer.convert_tokens_to_ids
+    common = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
+    if shape == "2b":  # Qwen2-VL-2B-Instruct text tower
+        return dict(common, vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
+                    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0})  # fmt: skip
+    return dict(common, vocab_size=_embedding_rows(tokenizer), hidden_size=64, intermediate_size=128,
+                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3], "rope_theta": 1000000.0})  # fmt: skip
+
+
+def qwen2_vl_config(tokenizer, shape: str) -> PretrainedConfig:
+    text = _qwen_text(tokenizer, shape)
+    if shape == "2b":
+        vision = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
+    else:
+        vision = dict(depth=2, embed_dim=32, hidden_size=text["hidden_size"], num_heads=4, mlp_ratio=2)
+    return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=shape == "2b",
+                         **_qwen_token_ids(tokenizer))  # fmt: skip
+
+
+def qwen2_5_vl_config(tokenizer, shape: str) -> PretrainedConfig:
+    text = _qwen_text(tokenizer, shape)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=text["hidden_size"],
+                  window_size=112, fullatt_block_indexes=[1])  # fmt: skip
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tokenizer))
+
+
+def llava_config(tokenizer, shape: str) -> PretrainedConfig:
+    ids = tokenizer.convert_tokens_to_ids
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                              image_size=336, patch_size=14, projection_dim=32)  # fmt: skip
+    text = LlamaConfig(vocab_size=_embedding_rows(tokenizer), hidden_size=64, intermediate_size=128,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                       bos_token_id=ids("<s>"), eos_token_id=ids("</s>"), pad_token_id=ids("<pad>"))  # fmt: skip
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=ids("<image>"),
+                       vision_feature_select_strategy="default", vision_feature_layer=-2, image_seq_length=576)  # fmt: skip
+
+
+def qwen_processor(cls: type[ProcessorMixin]) -> Callable:
+    def build(tokenizer) -> ProcessorMixin:
+        image = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+        video = Qwen2VLVideoProcessor()
+        return cls(image_processor=image, tokenizer=tokenizer, video_processor=video,
+                   chat_template=chat_templates.QWEN2_VL)  # fmt: skip
+
+    return build
+
+
+def llava_processor(tokenizer) -> ProcessorMixin:
+    image = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                               image_mean=[0.48145466, 0.4578275, 0.40821073],
+                               image_std=[0.26862954, 0.26130258, 0.27577711])  # fmt: skip
+    return LlavaProcessor(image_processor=image, tokenizer=tokenizer, patch_size=14,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=chat_templates.LLAVA)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How to build one architecture's tiny checkpoint."""
+
+    tokenizer: Callable
+    chat_template: str
+    config: Callable[..., PretrainedConfig]
+    processor: Callable
+    shapes: tuple[str, ...]
+    lf_template: str  # the stock LLaMA-Factory template for this architecture
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "qwen2_vl": ArchSpec(qwen_tokenizer, chat_templates.QWEN2_VL, qwen2_vl_config, qwen_processor(Qwen2VLProcessor),
+                         ("tiny", "2b"), "qwen2_vl"),
+    "qwen2_5_vl": ArchSpec(qwen_tokenizer, chat_templates.QWEN2_VL, qwen2_5_vl_config,
+                           qwen_processor(Qwen2_5_VLProcessor), ("tiny",), "qwen2_vl"),
+    "llava": ArchSpec(llama_tokenizer, chat_templates.LLAVA, llava_config, llava_processor, ("tiny",), "llava"),
+}  # fmt: skip
+assert tuple(ARCHS) == ARCH_NAMES
+
+
+def build_checkpoint(arch: str, out_dir: str | Path, seed: int = 0, shape: str = "tiny") -> Path:
+    """Build and save a random checkpoint of ``arch``; deterministic for a given seed."""
+    if arch not in ARCHS:
+        raise ValueError(f"Unknown arch '{arch}'. Valid: {', '.join(ARCHS)}.")
+    spec = ARCHS[arch]
+    if shape not in spec.shapes:
+        raise ValueError(f"Shape '{shape}' is not available for {arch}. Valid: {', '.join(spec.shapes)}.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = spec.tokenizer(spec.chat_template)
+    config = spec.config(tokenizer, shape)
+    dtype = torch.bfloat16 if shape == "2b" else torch.float32
+    config.dtype = dtype
+    torch.manual_seed(seed)
+    with torch.device("cpu"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    model.generation_config.do_sample = False
+    model.save_pretrained(out)
+    spec.processor(tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
