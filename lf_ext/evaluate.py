@@ -1,0 +1,61 @@
+"""Exact-match accuracy of a model on a sharegpt test file, answered through LLaMA-Factory's ChatModel."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+def normalize(answer: str) -> str:
+    return answer.strip().lower().rstrip(".").strip()
+
+
+def load_records(dataset_dir: str | Path, file_name: str, limit: int | None = None) -> list[dict]:
+    records = json.loads((Path(dataset_dir) / file_name).read_text())
+    return records[:limit] if limit else records
+
+
+def _question_and_answer(record: dict) -> tuple[str, str]:
+    user, assistant = record["messages"][0], record["messages"][1]
+    return user["content"], assistant["content"]
+
+
+def majority_baseline(train: list[dict], test: list[dict]) -> float:
+    """Accuracy of always giving the most frequent training answer of each question type."""
+    by_type: dict[str, Counter] = defaultdict(Counter)
+    for rec in train:
+        by_type[rec.get("meta", {}).get("question_type", "all")][normalize(_question_and_answer(rec)[1])] += 1
+    hits = 0
+    for rec in test:
+        common = by_type.get(rec.get("meta", {}).get("question_type", "all"))
+        hits += bool(common) and common.most_common(1)[0][0] == normalize(_question_and_answer(rec)[1])
+    return hits / max(len(test), 1)
+
+
+def exact_match(model_dir: str | Path, template: str, dataset_dir: str | Path, records: list[dict],
+                image_max_pixels: int = 50176) -> dict:  # fmt: skip
+    """Answer each record's question with greedy decoding; return overall and per-type accuracy."""
+    from llamafactory.chat import ChatModel
+
+    chat = ChatModel(dict(model_name_or_path=str(model_dir), template=template, image_max_pixels=image_max_pixels,
+                          max_new_tokens=8, do_sample=False, infer_dtype="float32"))  # fmt: skip
+    per_type: dict[str, list[bool]] = defaultdict(list)
+    examples = []
+    for rec in tqdm(records, desc="answering", unit="q"):
+        question, answer = _question_and_answer(rec)
+        images = [str(Path(dataset_dir) / p) for p in rec.get("images", [])]
+        reply = chat.chat([{"role": "user", "content": question}], images=images or None)[0].response_text
+        ok = normalize(reply) == normalize(answer)
+        per_type[rec.get("meta", {}).get("question_type", "all")].append(ok)
+        if len(examples) < 5:
+            examples.append((question.replace("<image>", ""), answer, reply))
+    flat = [ok for oks in per_type.values() for ok in oks]
+    return {
+        "accuracy": sum(flat) / max(len(flat), 1),
+        "n": len(flat),
+        "per_type": {k: (sum(v) / len(v), len(v)) for k, v in sorted(per_type.items())},
+        "examples": examples,
+    }
