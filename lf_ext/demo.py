@@ -40,7 +40,7 @@ def read_losses(output_dir: Path) -> list[float]:
     return [row["loss"] for row in map(json.loads, log.read_text().splitlines()) if "loss" in row]
 
 
-def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int = 120) -> int:
+def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int | None = None) -> int:
     """Build, train, answer test questions and print a short report."""
     from lf_ext.evaluate import exact_match, load_records, majority_baseline
     from lf_ext.scenes import generate_scenes
@@ -58,7 +58,7 @@ def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_l
     output_dir = work / "stock_sft"
     overrides = {"model_name_or_path": checkpoint, "dataset_dir": scenes, "output_dir": output_dir}
     if steps is not None:
-        overrides["max_steps"] = steps
+        overrides.update(max_steps=steps, logging_steps=max(1, min(10, steps // 4)))
     t1 = time.time()
     run_llamafactory("train", RECIPE, overrides, work / "train.log")
     losses = read_losses(output_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -38,7 +39,11 @@ def majority_baseline(train: list[dict], test: list[dict]) -> float:
 def exact_match(model_dir: str | Path, template: str, dataset_dir: str | Path, records: list[dict],
                 image_max_pixels: int = 50176) -> dict:  # fmt: skip
     """Answer each record's question with greedy decoding; return overall and per-type accuracy."""
+    os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
     from llamafactory.chat import ChatModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
 
     chat = ChatModel(dict(model_name_or_path=str(model_dir), template=template, image_max_pixels=image_max_pixels,
                           max_new_tokens=8, do_sample=False, infer_dtype="float32"))  # fmt: skip

@@ -11,9 +11,11 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
-echo "[setup] creating $VENV (first run takes a few minutes)" >&2
+command -v "$PY" >/dev/null || { echo "[setup] needs Python 3.11 ($PY not found; set PYTHON=...)" >&2; exit 1; }
+echo "[setup] installing into $VENV (a few minutes the first time)" >&2
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+# pip warns about every find-links folder this machine lacks; keep real errors visible
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
 pip install -q --upgrade "pip>=24" wheel
 # torch first, from the exact pins (pip takes local files where the machine has them)
 pip install -q torch==2.14.1 torchvision==0.29.1

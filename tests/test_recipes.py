@@ -1,0 +1,29 @@
+"""Every recipe in yaml/ opens with its command and parses with LLaMA-Factory's own argument classes."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO_ROOT
+
+RECIPES = sorted((REPO_ROOT / "yaml").rglob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert RECIPES
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
+def test_recipe_parses_and_documents_its_command(recipe: Path):
+    from llamafactory.hparams.parser import _TRAIN_ARGS
+    from transformers import HfArgumentParser
+
+    from lf_ext.config import parse_bgobj_args, split_bgobj_args
+
+    text = recipe.read_text()
+    assert "llamafactory-cli" in text.split("\n\n")[0], "the header comment must give the exact command"
+    assert "Reads:" in text.split("\n\n")[0], "the header must say which stage output it reads"
+    rest, found = split_bgobj_args(yaml.safe_load(text))
+    parse_bgobj_args(found)
+    HfArgumentParser(_TRAIN_ARGS).parse_dict(rest, allow_extra_keys=False)
