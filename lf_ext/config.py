@@ -20,18 +20,70 @@ def _mask_provider_names() -> list[str]:
     return mask_provider_names()
 
 
+def _key(default, help: str, choices=None):
+    metadata = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class BgObjArguments:
     """Settings of the background/object extension. Every field is a ``bgobj_*`` YAML/CLI key."""
 
-    bgobj_mask_provider: str = field(
-        default="none",
-        metadata={
-            "help": "Mask provider that splits each image into background and object; "
-            "'none' keeps every visual token in the background group.",
-            "choices": _mask_provider_names,
-        },
-    )
+    # masks: which provider, and how its mask becomes one label per token unit
+    bgobj_mask_provider: str = _key("none", "Mask provider that splits each image into background and object; "
+                                    "'none' keeps every visual token in the background group.", _mask_provider_names)
+    bgobj_mask_fallback: str = _key("none", "What to do when the provider has no mask for an image (e.g. dataset "
+                                    "masks missing): another provider's name, or 'error'.",
+                                    lambda: _mask_provider_names() + ["error"])
+    bgobj_mask_margin: int = _key(0, "Grow the object region by this many pixels (at the processor's geometry).")
+    bgobj_unit_coverage: float = _key(0.0, "A token unit is object when more than this fraction of its pixels "
+                                      "are object (0: any object pixel).")
+    bgobj_mask_dir: str = _key("", "Folder of masks written by `lf-ext masks precompute` for the 'dataset' provider "
+                               "(default: read masks/boxes/polygons from the dataset files).")
+    # entropy provider
+    bgobj_entropy_alpha: float = _key(0.25, "entropy: fraction of token units with the highest entropy taken as object.")
+    bgobj_entropy_threshold: float = _key(0.0, "entropy: if > 0, units above this entropy (bits) are object "
+                                          "instead of the top alpha fraction.")
+    # reference provider
+    bgobj_reference_image: str = _key("", "reference: the background plate image (a record's 'plate' wins).")
+    bgobj_reference_threshold: float = _key(12.0, "reference: mean absolute RGB difference (0-255) above which "
+                                            "a pixel is object.")
+    # yolo provider
+    bgobj_yolo_weights: str = _key("", "yolo: local path of an ultralytics segmentation or detection checkpoint.")
+    bgobj_yolo_classes: str = _key("", "yolo: comma-separated class ids to keep (empty: all).")
+    bgobj_yolo_conf: float = _key(0.25, "yolo: confidence threshold.")
+    bgobj_yolo_mode: str = _key("union", "yolo: 'union' of all detections or the single most confident ('top1').",
+                                ["union", "top1"])
+
+    def __post_init__(self):
+        _check_ranges(self)
+
+
+def _check_ranges(s: "BgObjArguments") -> None:
+    from pathlib import Path
+
+    if s.bgobj_mask_margin < 0:
+        raise BgObjConfigError(f"bgobj_mask_margin must be >= 0, got {s.bgobj_mask_margin}.")
+    if not 0.0 <= s.bgobj_unit_coverage < 1.0:
+        raise BgObjConfigError(f"bgobj_unit_coverage must be in [0, 1), got {s.bgobj_unit_coverage}.")
+    if not 0.0 < s.bgobj_entropy_alpha <= 1.0:
+        raise BgObjConfigError(f"bgobj_entropy_alpha must be in (0, 1], got {s.bgobj_entropy_alpha}.")
+    if not 0.0 <= s.bgobj_yolo_conf <= 1.0:
+        raise BgObjConfigError(f"bgobj_yolo_conf must be in [0, 1], got {s.bgobj_yolo_conf}.")
+    if s.bgobj_yolo_classes and not all(c.strip().isdigit() for c in s.bgobj_yolo_classes.split(",")):
+        raise BgObjConfigError(f"bgobj_yolo_classes must be comma-separated integers, got {s.bgobj_yolo_classes!r}.")
+    uses = {s.bgobj_mask_provider, s.bgobj_mask_fallback}
+    if "yolo" in uses and not Path(s.bgobj_yolo_weights).is_file():
+        raise BgObjConfigError(f"the yolo mask provider needs bgobj_yolo_weights, a local checkpoint file; "
+                               f"not found: {s.bgobj_yolo_weights!r}.")
+    if s.bgobj_reference_image and not Path(s.bgobj_reference_image).is_file():
+        raise BgObjConfigError(f"bgobj_reference_image not found: {s.bgobj_reference_image!r}.")
+    if s.bgobj_mask_dir and not Path(s.bgobj_mask_dir).is_dir():
+        raise BgObjConfigError(f"bgobj_mask_dir not found: {s.bgobj_mask_dir!r}.")
+    if s.bgobj_mask_fallback == s.bgobj_mask_provider and s.bgobj_mask_provider != "none":
+        raise BgObjConfigError("bgobj_mask_fallback must differ from bgobj_mask_provider.")
 
 
 class BgObjConfigError(ValueError):

@@ -13,6 +13,10 @@ class MaskError(ValueError):
     """A mask cannot be made for a sample; the message names the sample and the problem."""
 
 
+class MissingMaskError(MaskError):
+    """The provider has no mask for this image (``bgobj_mask_fallback`` decides what happens)."""
+
+
 @dataclass(frozen=True)
 class MaskRequest:
     """One image to split, already resized (and cropped) exactly as the model's processor does.
@@ -24,6 +28,7 @@ class MaskRequest:
             (a mask, a reference plate); masks should be passed as mode "L".
         source: path of the original image when known (datasets), else None (chat/api uploads).
         record: extra per-image fields from the dataset (e.g. ``mask``, ``boxes``, ``polygons``).
+        original_size: (width, height) of the original image, before any resize.
     """
 
     image: Image.Image
@@ -31,6 +36,7 @@ class MaskRequest:
     to_geometry: Callable[[Image.Image], Image.Image]
     source: str | None = None
     record: Mapping[str, Any] = field(default_factory=dict)
+    original_size: tuple[int, int] | None = None
 
     def describe(self) -> str:
         return self.source or f"<in-memory image {self.image.width}x{self.image.height}>"

@@ -1,0 +1,129 @@
+"""Masks supplied with the data: a mask image, boxes or polygons per image, found by image path.
+
+LLaMA-Factory drops every column but the media when it converts a dataset, so masks are not carried
+through it: they are looked up by the image's path in a :class:`MaskIndex` built from the dataset
+files themselves (fields parallel to ``images``) or from a folder written by ``lf-ext masks precompute``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from lf_ext.masks.base import MaskError, MaskRequest, MissingMaskError
+from lf_ext.masks.reference import open_image
+from lf_ext.masks.registry import register_mask_provider
+
+INDEX_FILE = "index.json"
+SPEC_FIELDS = {"masks": "mask", "boxes": "boxes", "polygons": "polygons"}
+
+
+def _key(path: str | Path) -> str:
+    return os.path.normcase(os.path.abspath(path))
+
+
+class MaskIndex:
+    """Image path -> mask spec (``{"mask": path}``, ``{"boxes": [...]}`` or ``{"polygons": [...]}``)."""
+
+    def __init__(self, specs: Mapping[str, Mapping[str, Any]] | None = None):
+        self.specs = {_key(k): dict(v) for k, v in (specs or {}).items()}
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def get(self, image_path: str | None) -> dict | None:
+        return self.specs.get(_key(image_path)) if image_path else None
+
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]], base_dir: str | Path) -> "MaskIndex":
+        """Read ``masks``/``boxes``/``polygons`` lists parallel to each record's ``images``."""
+        specs: dict[str, dict] = {}
+        for number, record in enumerate(records):
+            images = record.get("images") or []
+            for field, kind in SPEC_FIELDS.items():
+                values = record.get(field)
+                if values is None:
+                    continue
+                if len(values) != len(images):
+                    raise MaskError(f"record {number}: '{field}' has {len(values)} entries for {len(images)} images")
+                for image, value in zip(images, values):
+                    if value is None:
+                        continue
+                    value = str(Path(base_dir) / value) if kind == "mask" else value
+                    specs[str(Path(base_dir) / image)] = {kind: value}
+        return cls(specs)
+
+    @classmethod
+    def from_dir(cls, mask_dir: str | Path) -> "MaskIndex":
+        """Read a folder written by ``lf-ext masks precompute`` (``index.json``: image path -> mask file)."""
+        index_file = Path(mask_dir) / INDEX_FILE
+        if not index_file.is_file():
+            raise MaskError(f"bgobj_mask_dir: no {INDEX_FILE} in {mask_dir} (run `lf-ext masks precompute`)")
+        entries = json.loads(index_file.read_text())["masks"]
+        return cls({image: {"mask": str(Path(mask_dir) / mask)} for image, mask in entries.items()})
+
+    @classmethod
+    def from_dataset(cls, dataset_dir: str | Path, names: Iterable[str]) -> "MaskIndex":
+        """Read the named datasets of a LLaMA-Factory ``dataset_info.json`` folder."""
+        info = json.loads((Path(dataset_dir) / "dataset_info.json").read_text())
+        merged = cls()
+        for name in names:
+            if name not in info or "file_name" not in info[name]:
+                continue  # hub or unknown datasets carry no local mask fields
+            records = json.loads((Path(dataset_dir) / info[name]["file_name"]).read_text())
+            merged.specs.update(cls.from_records(records, dataset_dir).specs)
+        return merged
+
+
+def render_spec(spec: Mapping[str, Any], size: tuple[int, int], sample: str) -> Image.Image:
+    """Draw a mask spec at the original image size as an "L" image (255 = object)."""
+    if "mask" in spec:
+        mask = open_image(spec["mask"], "mask file", sample).convert("L")
+        if mask.size != tuple(size):
+            raise MaskError(f"{sample}: mask {spec['mask']} is {mask.size[0]}x{mask.size[1]}, image is {size[0]}x{size[1]}")
+        return mask.point(lambda v: 255 if v else 0)
+    canvas = Image.new("L", tuple(size), 0)
+    draw = ImageDraw.Draw(canvas)
+    for box in spec.get("boxes", []):
+        x0, y0, x1, y1 = box
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=255)  # boxes are exclusive at x1, y1
+    for polygon in spec.get("polygons", []):
+        draw.polygon([tuple(point) for point in polygon], fill=255)
+    return canvas
+
+
+@register_mask_provider("dataset")
+class DatasetMaskProvider:
+    """Object mask from the dataset's own annotations (or precomputed masks), looked up by image path."""
+
+    def __init__(self, index: MaskIndex):
+        self.index = index
+
+    @classmethod
+    def from_settings(cls, settings, lf_args: Mapping[str, Any] | None = None, **context) -> "DatasetMaskProvider":
+        if settings.bgobj_mask_dir:
+            return cls(MaskIndex.from_dir(settings.bgobj_mask_dir))
+        lf_args = lf_args or {}
+        names = [n.strip() for key in ("dataset", "eval_dataset") for n in str(lf_args.get(key) or "").split(",") if n.strip()]
+        dataset_dir = lf_args.get("dataset_dir", "data")
+        if not names or not (Path(dataset_dir) / "dataset_info.json").is_file():
+            return cls(MaskIndex())
+        return cls(MaskIndex.from_dataset(dataset_dir, names))
+
+    def spec_for(self, request: MaskRequest) -> dict | None:
+        """The request's own mask fields, else the index entry for its path, else None."""
+        own = {k: request.record[k] for k in SPEC_FIELDS.values() if request.record.get(k) is not None}
+        return own or self.index.get(request.source)
+
+    def __call__(self, request: MaskRequest) -> np.ndarray:
+        spec = self.spec_for(request)
+        if not spec:
+            raise MissingMaskError(f"{request.describe()}: no mask for this image in the dataset or bgobj_mask_dir")
+        size = request.original_size or request.image.size
+        mask = render_spec(spec, size, request.describe())
+        return np.asarray(request.to_geometry(mask), dtype=np.float32) / 255.0

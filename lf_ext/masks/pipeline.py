@@ -1,0 +1,75 @@
+"""From an image to one background/object label per token unit, with the configured provider."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from lf_ext.log import get_logger
+from lf_ext.masks.base import MaskError, MaskRequest, MissingMaskError
+from lf_ext.masks.geometry import TokenGrid, unit_labels
+from lf_ext.masks.registry import build_mask_provider
+
+logger = get_logger()
+
+
+def dilate(mask: np.ndarray, margin: int) -> np.ndarray:
+    """Grow the object region (mask > 0.5) by ``margin`` pixels in every direction."""
+    if margin <= 0:
+        return mask
+    grown = Image.fromarray(((mask > 0.5) * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(2 * margin + 1))
+    return np.maximum(mask, np.asarray(grown, dtype=np.float32) / 255.0)
+
+
+def check_mask(mask: Any, request: MaskRequest, provider: str) -> np.ndarray:
+    """A provider's output must be a finite (H, W) array in [0, 1] at the request's geometry."""
+    expected = (request.image.height, request.image.width)
+    mask = np.asarray(mask, dtype=np.float32)
+    if mask.shape != expected:
+        raise MaskError(f"{request.describe()}: provider '{provider}' returned a mask of shape {mask.shape}, expected {expected}")
+    if not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+        raise MaskError(f"{request.describe()}: provider '{provider}' returned values outside [0, 1]")
+    return mask
+
+
+class ObjectMasker:
+    """The configured provider, its fallback, the margin and the coverage rule, in one callable."""
+
+    def __init__(self, provider, provider_name: str, fallback=None, fallback_name: str = "error",
+                 margin: int = 0, coverage: float = 0.0):  # fmt: skip
+        self.provider, self.provider_name = provider, provider_name
+        self.fallback, self.fallback_name = fallback, fallback_name
+        self.margin, self.coverage = margin, coverage
+        self.fallbacks = 0
+
+    @classmethod
+    def from_settings(cls, settings, **context: Any) -> "ObjectMasker":
+        name, fallback = settings.bgobj_mask_provider, settings.bgobj_mask_fallback
+        return cls(
+            build_mask_provider(name, settings, **context), name,
+            None if fallback == "error" else build_mask_provider(fallback, settings, **context), fallback,
+            settings.bgobj_mask_margin, settings.bgobj_unit_coverage,
+        )  # fmt: skip
+
+    def mask(self, request: MaskRequest) -> np.ndarray:
+        """Object mask at the request's geometry, after fallback and margin."""
+        try:
+            mask, used = self.provider(request), self.provider_name
+        except MissingMaskError:
+            if self.fallback is None:
+                raise
+            self.fallbacks += 1
+            if self.fallbacks in (1, 10, 100, 1000):
+                logger.warning("no '%s' mask for %s: using '%s' (%d so far)", self.provider_name,
+                               request.describe(), self.fallback_name, self.fallbacks)  # fmt: skip
+            mask, used = self.fallback(request), self.fallback_name
+        return dilate(check_mask(mask, request, used), self.margin)
+
+    def labels(self, image: Image.Image, grid: TokenGrid, source: str | None = None,
+               record: Mapping[str, Any] | None = None) -> np.ndarray:  # fmt: skip
+        """Object label per token unit (rows, cols) for an original image and its token grid."""
+        request = MaskRequest(image=grid.to_geometry(image.convert("RGB")), unit=grid.unit, to_geometry=grid.to_geometry,
+                              source=source, record=record or {}, original_size=image.size)  # fmt: skip
+        return unit_labels(self.mask(request), grid.unit, self.coverage)

@@ -1,0 +1,60 @@
+"""Masks from a reference background: the object is what differs from the plate (fixed cameras, screens, video)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from lf_ext.masks.base import MaskError, MaskRequest, MissingMaskError
+from lf_ext.masks.registry import register_mask_provider
+
+
+def open_image(path: str | Path, what: str, sample: str) -> Image.Image:
+    """Open an image file or raise a MaskError naming the sample and the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except FileNotFoundError:
+        raise MaskError(f"{sample}: {what} not found: {path}") from None
+    except OSError as err:
+        raise MaskError(f"{sample}: {what} is not a readable image: {path} ({err})") from None
+
+
+@register_mask_provider("reference")
+class ReferenceMaskProvider:
+    """Object = pixels whose mean absolute RGB difference from the reference exceeds ``threshold``.
+
+    The reference is the record's ``plate`` (a path, as the scenes provide) or else the
+    ``reference`` image given here. It must have the original image's size; both go through the
+    same processor geometry before they are compared, so an unchanged background compares equal.
+    """
+
+    def __init__(self, reference: str | Path | Image.Image | None = None, threshold: float = 12.0):
+        if isinstance(reference, (str, Path)) and str(reference):
+            reference = open_image(reference, "reference image", "bgobj_reference_image")
+        self.reference = reference or None
+        self.threshold = threshold
+
+    @classmethod
+    def from_settings(cls, settings, **context) -> "ReferenceMaskProvider":
+        return cls(settings.bgobj_reference_image or None, settings.bgobj_reference_threshold)
+
+    def _reference_for(self, request: MaskRequest) -> Image.Image:
+        plate = request.record.get("plate")
+        if plate:
+            return open_image(plate, "reference plate", request.describe())
+        if self.reference is None:
+            raise MissingMaskError(f"{request.describe()}: the reference provider needs bgobj_reference_image or a 'plate'")
+        return self.reference
+
+    def __call__(self, request: MaskRequest) -> np.ndarray:
+        reference = self._reference_for(request).convert("RGB")
+        try:
+            reference = request.to_geometry(reference)
+        except ValueError as err:
+            raise MaskError(f"{request.describe()}: reference image does not match the image ({err})") from None
+        diff = np.abs(np.asarray(request.image.convert("RGB"), np.int16) - np.asarray(reference, np.int16))
+        return (diff.mean(axis=2) > self.threshold).astype(np.float32)
