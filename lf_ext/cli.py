@@ -36,6 +36,48 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _masker_from(extra: list[str], provider: str | None):
+    """Build an ObjectMasker from ``--bgobj_*`` flags left over by argparse."""
+    from lf_ext.config import parse_bgobj_args, split_bgobj_args
+    from lf_ext.masks.pipeline import ObjectMasker
+
+    rest, found = split_bgobj_args(extra)
+    if rest:
+        raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
+    if provider:
+        found["bgobj_mask_provider"] = provider
+    return ObjectMasker.from_settings(parse_bgobj_args(found))
+
+
+def _cmd_show_mask(args: argparse.Namespace, extra: list[str]) -> int:
+    from PIL import Image
+
+    from lf_ext.masks.geometry import grid_for_arch
+    from lf_ext.masks.reference import open_image
+    from lf_ext.masks.visualize import five_panels
+
+    masker = _masker_from(extra, args.provider)
+    image = open_image(args.image, "image", args.image).convert("RGB")
+    grid = grid_for_arch(args.arch, *image.size, image_max_pixels=args.image_max_pixels)
+    record = {k: v for k, v in (("mask", args.mask), ("plate", args.plate)) if v}
+    mask, labels = masker.mask_and_labels(image, grid, source=str(args.image), record=record)
+    title = f"{args.image}  arch={args.arch}  provider={masker.provider_name}"
+    five_panels(image, mask, labels, grid, title).save(args.out)
+    print(f"wrote {args.out}: {labels.sum()} object units of {labels.size} ({grid.shape[0]}x{grid.shape[1]})")
+    return 0
+
+
+def _cmd_masks_precompute(args: argparse.Namespace, extra: list[str]) -> int:
+    from lf_ext.masks.precompute import precompute_masks
+
+    masker = _masker_from(extra, args.provider)
+    names = [n.strip() for n in args.dataset.split(",") if n.strip()]
+    summary = precompute_masks(args.dataset_dir, names, args.out, masker, arch=args.arch,
+                               image_max_pixels=args.image_max_pixels)  # fmt: skip
+    print(f"masks in {args.out}: {summary}; use them with bgobj_mask_provider: dataset, bgobj_mask_dir: {args.out}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lf_ext.demo import run_demo
 
@@ -65,6 +107,26 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--seed", type=int, default=0)
     scenes.set_defaults(func=_cmd_scenes)
 
+    show = sub.add_parser("show-mask", help="draw image, mask, resized image, resized mask and token-unit labels")
+    show.add_argument("image")
+    show.add_argument("--arch", required=True, choices=ARCH_NAMES)
+    show.add_argument("--provider", help="shortcut for --bgobj_mask_provider")
+    show.add_argument("--mask", help="mask file for the 'dataset' provider")
+    show.add_argument("--plate", help="reference plate for the 'reference' provider")
+    show.add_argument("--image-max-pixels", type=int, default=768 * 768)
+    show.add_argument("--out", required=True, help="PNG to write")
+    show.set_defaults(func=_cmd_show_mask, takes_bgobj=True)
+
+    masks = sub.add_parser("masks", help="mask tools").add_subparsers(dest="masks_command", required=True)
+    pre = masks.add_parser("precompute", help="run a provider over a dataset and save masks (resumable)")
+    pre.add_argument("--dataset-dir", required=True)
+    pre.add_argument("--dataset", required=True, help="comma-separated names from dataset_info.json")
+    pre.add_argument("--out", required=True)
+    pre.add_argument("--arch", default="qwen2_vl", choices=ARCH_NAMES)
+    pre.add_argument("--provider", help="shortcut for --bgobj_mask_provider")
+    pre.add_argument("--image-max-pixels", type=int, default=768 * 768)
+    pre.set_defaults(func=_cmd_masks_precompute, takes_bgobj=True)
+
     demo = sub.add_parser("demo", help="tiny checkpoint + scenes + a yaml/ recipe through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")
     demo.add_argument("--steps", type=int, default=None, help="override the recipe's max_steps")
@@ -73,9 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_bgobj", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return args.func(args)
+        return args.func(args, extra) if getattr(args, "takes_bgobj", False) else args.func(args)
     except ValueError as err:  # bad input: one clear line, no traceback
         print(f"lf-ext {args.command}: error: {err}", file=sys.stderr)
         return 2

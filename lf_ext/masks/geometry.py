@@ -6,8 +6,9 @@ mirror LLaMA-Factory's ``_preprocess_image`` followed by the Hugging Face image 
 drawn on the original image lands on the same units as the model's tokens (tests check this against
 the real processors).
 
-Coverage rule: a unit's coverage is the fraction of its pixels that are object (masks are resized
-with area averaging); the unit is *object* when coverage > ``threshold``. The default threshold 0
+Coverage rule: masks are resized with area averaging and a pixel at the processor's geometry is
+object when at least half covered; a unit's coverage is the fraction of its pixels that are
+object, and the unit is *object* when coverage > ``threshold``. The default threshold 0
 makes any unit touched by the object an object unit, so background units hold no object pixels.
 """
 
@@ -151,3 +152,13 @@ def unit_labels(mask: np.ndarray, unit: int, threshold: float = 0.0) -> np.ndarr
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"coverage threshold must be in [0, 1), got {threshold}")
     return unit_coverage(mask, unit) > threshold
+
+
+def grid_for_arch(arch: str, width: int, height: int, image_max_pixels: int = LF_MAX_PIXELS,
+                  image_min_pixels: int = LF_MIN_PIXELS) -> TokenGrid:  # fmt: skip
+    """The token grid of an image for an architecture name (default processor settings)."""
+    if arch in ("qwen2_vl", "qwen2_5_vl"):
+        return qwen2_vl_grid(width, height, image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels)
+    if arch == "llava":
+        return llava_grid(width, height, image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels)
+    raise ValueError(f"Unknown arch '{arch}'. Valid: qwen2_vl, qwen2_5_vl, llava.")

@@ -65,11 +65,18 @@ class ObjectMasker:
                 logger.warning("no '%s' mask for %s: using '%s' (%d so far)", self.provider_name,
                                request.describe(), self.fallback_name, self.fallbacks)  # fmt: skip
             mask, used = self.fallback(request), self.fallback_name
-        return dilate(check_mask(mask, request, used), self.margin)
+        binary = (check_mask(mask, request, used) >= 0.5).astype(np.float32)  # a pixel is object if half covered
+        return dilate(binary, self.margin)
+
+    def mask_and_labels(self, image: Image.Image, grid: TokenGrid, source: str | None = None,
+                        record: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Object mask at the processor's geometry and the label per token unit (rows, cols)."""
+        request = MaskRequest(image=grid.to_geometry(image.convert("RGB")), unit=grid.unit, to_geometry=grid.to_geometry,
+                              source=source, record=record or {}, original_size=image.size)  # fmt: skip
+        mask = self.mask(request)
+        return mask, unit_labels(mask, grid.unit, self.coverage)
 
     def labels(self, image: Image.Image, grid: TokenGrid, source: str | None = None,
                record: Mapping[str, Any] | None = None) -> np.ndarray:  # fmt: skip
         """Object label per token unit (rows, cols) for an original image and its token grid."""
-        request = MaskRequest(image=grid.to_geometry(image.convert("RGB")), unit=grid.unit, to_geometry=grid.to_geometry,
-                              source=source, record=record or {}, original_size=image.size)  # fmt: skip
-        return unit_labels(self.mask(request), grid.unit, self.coverage)
+        return self.mask_and_labels(image, grid, source, record)[1]
