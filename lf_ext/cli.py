@@ -78,6 +78,21 @@ def _cmd_masks_precompute(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if args.bench_command == "masks":
+        from lf_ext.bench.masks import run_bench_masks
+
+        scenes = Path(args.scenes) if args.scenes else Path("work/bench/scenes")
+        if not (scenes / "dataset_info.json").exists():
+            from lf_ext.scenes import generate_scenes
+
+            generate_scenes(scenes, seed=0)
+        run_bench_masks(scenes, args.json, yolo_weights=args.yolo_weights, limit=args.limit)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lf_ext.demo import run_demo
 
@@ -126,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--provider", help="shortcut for --bgobj_mask_provider")
     pre.add_argument("--image-max-pixels", type=int, default=768 * 768)
     pre.set_defaults(func=_cmd_masks_precompute, takes_bgobj=True)
+
+    bench = sub.add_parser("bench", help="benchmarks: print a table and write JSON").add_subparsers(
+        dest="bench_command", required=True)  # fmt: skip
+    bench_masks = bench.add_parser("masks", help="token-unit IoU and latency per mask provider on held-out scenes")
+    bench_masks.add_argument("--json", required=True, help="where to write the results")
+    bench_masks.add_argument("--scenes", help="scenes folder (default: generate work/bench/scenes)")
+    bench_masks.add_argument("--yolo-weights", help="also measure the yolo provider with this checkpoint")
+    bench_masks.add_argument("--limit", type=int, help="at most this many test images")
+    bench_masks.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser("demo", help="tiny checkpoint + scenes + a yaml/ recipe through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 from lf_ext.masks.base import MaskRequest
 from lf_ext.masks.registry import register_mask_provider
 
-BINS = 32
+BINS = 32  # grey levels are binned by ``>> 3``
+
+
+@lru_cache(maxsize=32)
+def _bin_base(height: int, width: int, unit: int) -> np.ndarray:
+    """Per pixel, ``BINS * index of its token unit`` (row-major units); cached per geometry."""
+    cols = width // unit
+    unit_id = (np.arange(height) // unit)[:, None] * cols + (np.arange(width) // unit)[None, :]
+    return (unit_id * BINS).astype(np.int32)
 
 
 def unit_entropy(gray: np.ndarray, unit: int) -> np.ndarray:
-    """Shannon entropy (bits) of the grey-level histogram of each token unit; (rows, cols)."""
+    """Shannon entropy (bits) of the grey-level histogram (32 bins) of each token unit; (rows, cols)."""
     rows, cols = gray.shape[0] // unit, gray.shape[1] // unit
-    levels = (gray[: rows * unit, : cols * unit].astype(np.int32) * BINS) // 256
-    blocks = levels.reshape(rows, unit, cols, unit).transpose(0, 2, 1, 3).reshape(rows * cols, unit * unit)
-    offsets = np.arange(rows * cols, dtype=np.int64)[:, None] * BINS
-    counts = np.bincount((blocks + offsets).ravel(), minlength=rows * cols * BINS).reshape(rows * cols, BINS)
+    gray = gray[: rows * unit, : cols * unit]
+    index = _bin_base(rows * unit, cols * unit, unit) + (gray >> 3)  # 256 grey levels -> 32 bins
+    counts = np.bincount(index.ravel(), minlength=rows * cols * BINS).reshape(rows * cols, BINS)
     p = counts / float(unit * unit)
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -32,29 +33,38 @@ class ReferenceMaskProvider:
     same processor geometry before they are compared, so an unchanged background compares equal.
     """
 
+    CACHE_SIZE = 16
+
     def __init__(self, reference: str | Path | Image.Image | None = None, threshold: float = 12.0):
         if isinstance(reference, (str, Path)) and str(reference):
             reference = open_image(reference, "reference image", "bgobj_reference_image")
         self.reference = reference or None
         self.threshold = threshold
+        self._cache: OrderedDict = OrderedDict()
 
     @classmethod
     def from_settings(cls, settings, **context) -> "ReferenceMaskProvider":
         return cls(settings.bgobj_reference_image or None, settings.bgobj_reference_threshold)
 
-    def _reference_for(self, request: MaskRequest) -> Image.Image:
+    def _plate_at_geometry(self, request: MaskRequest) -> np.ndarray:
+        """The reference, opened and resized like the image; cached per (plate, geometry)."""
         plate = request.record.get("plate")
-        if plate:
-            return open_image(plate, "reference plate", request.describe())
-        if self.reference is None:
+        if not plate and self.reference is None:
             raise MissingMaskError(f"{request.describe()}: the reference provider needs bgobj_reference_image or a 'plate'")
-        return self.reference
+        key = (str(plate) if plate else None, getattr(request.to_geometry, "__self__", request.to_geometry))
+        if key not in self._cache:
+            reference = open_image(plate, "reference plate", request.describe()) if plate else self.reference
+            try:
+                resized = request.to_geometry(reference.convert("RGB"))
+            except ValueError as err:
+                raise MaskError(f"{request.describe()}: reference image does not match the image ({err})") from None
+            self._cache[key] = np.asarray(resized, np.int16)
+            while len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key]
 
     def __call__(self, request: MaskRequest) -> np.ndarray:
-        reference = self._reference_for(request).convert("RGB")
-        try:
-            reference = request.to_geometry(reference)
-        except ValueError as err:
-            raise MaskError(f"{request.describe()}: reference image does not match the image ({err})") from None
-        diff = np.abs(np.asarray(request.image.convert("RGB"), np.int16) - np.asarray(reference, np.int16))
-        return (diff.mean(axis=2) > self.threshold).astype(np.float32)
+        reference = self._plate_at_geometry(request)
+        diff = np.abs(np.asarray(request.image.convert("RGB"), np.int16) - reference).sum(axis=2, dtype=np.int16)
+        return (diff > 3 * self.threshold).astype(np.float32)  # mean over RGB > threshold
