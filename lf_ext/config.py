@@ -179,9 +179,20 @@ def active_settings() -> BgObjArguments:
     return _ACTIVE
 
 
-def set_active_settings(settings: BgObjArguments) -> None:
-    global _ACTIVE
+_LF_ARGS: dict[str, Any] = {}
+
+
+def set_active_settings(settings: BgObjArguments, lf_args: dict[str, Any] | None = None) -> None:
+    """Record the settings (and the LLaMA-Factory arguments beside them, e.g. ``dataset_dir``)."""
+    global _ACTIVE, _LF_ARGS
     _ACTIVE = settings
+    if lf_args is not None:
+        _LF_ARGS = dict(lf_args)
+
+
+def active_lf_args() -> dict[str, Any]:
+    """The LLaMA-Factory arguments parsed with the active settings (empty if given as argv)."""
+    return _LF_ARGS
 
 
 def describe_keys() -> str:

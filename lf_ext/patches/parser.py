@@ -24,7 +24,7 @@ def patch_parser(parser_module: ModuleType) -> None:
     def _parse_args(parser, args=None, allow_extra_keys=False):
         rest, found = split_bgobj_args(parser_module.read_args(args))
         settings = parse_bgobj_args(found)
-        set_active_settings(settings)
+        set_active_settings(settings, rest if isinstance(rest, dict) else {})
         if found and found != _last_logged:
             _last_logged.clear()
             _last_logged.update(found)

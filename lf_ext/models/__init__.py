@@ -1,0 +1,1 @@
+"""Model-side pieces: the background/object-separated vision tower forward."""

@@ -1,0 +1,49 @@
+"""The new parameters of a bgobj model, created from a ``bgobj`` spec in the model config.
+
+They live in one module, ``BgObjModules``, at ``model.visual.bgobj`` for Qwen2-VL/Qwen2.5-VL: that
+name contains none of LLaMA-Factory's freeze substrings and survives transformers' checkpoint key
+conversion (a module at ``model.bgobj`` would be renamed to ``model.language_model.bgobj`` on reload).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lf_ext.layout import SEPARATORS
+
+BGOBJ_ATTR = "bgobj"
+SPEC_VERSION = 1
+
+
+def make_spec(separator_ids: list[int], text_hidden_size: int) -> dict:
+    """The ``config.vision_config.bgobj`` entry that switches a model to the separated layout."""
+    return {"version": SPEC_VERSION, "separator_ids": list(separator_ids), "text_hidden_size": text_hidden_size,
+            "separators_initialized": False}  # fmt: skip
+
+
+class BgObjModules(nn.Module):
+    """Separator embeddings for ``[BG_START] [BG_END] [OBJ_START] [OBJ_END]``.
+
+    The separators get their own embedding table, so ``embed_tokens`` and ``lm_head`` need no
+    training; a forward hook on the input embeddings writes these rows at the separator ids.
+    """
+
+    def __init__(self, spec: dict):
+        super().__init__()
+        self.separators = nn.Embedding(len(SEPARATORS), spec["text_hidden_size"])
+
+    def forward(self, separator_index: torch.Tensor) -> torch.Tensor:
+        return self.separators(separator_index)
+
+
+def init_separators_from(modules: BgObjModules, start_row: torch.Tensor, end_row: torch.Tensor) -> None:
+    """Start the separators near the model's own image delimiters: starts from ``start_row``, ends from ``end_row``.
+
+    A small deterministic offset keeps ``[BG_START]`` and ``[OBJ_START]`` (and the two ends) apart.
+    """
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        rows = torch.stack([start_row, end_row, start_row, end_row]).float()
+        noise = torch.randn(rows.shape, generator=generator) * rows.std() * 0.1
+        modules.separators.weight.copy_((rows + noise).to(modules.separators.weight.dtype))

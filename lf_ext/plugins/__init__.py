@@ -1,0 +1,1 @@
+"""LLaMA-Factory multimodal plugins of the bgobj templates."""

@@ -1,0 +1,89 @@
+"""qwen2_vl_bgobj on tiny Qwen2-VL and Qwen2.5-VL: layout, positions, background independence, generate."""
+
+import pytest
+import torch
+
+from bgobj_helpers import encode, load_for_inference, masked_dataset
+from lf_ext.layout import SEPARATORS
+
+ARCHS = ["qwen2_vl", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return masked_dataset(tmp_path_factory.mktemp("masked"))
+
+
+def _forward(model, input_ids, inputs, hidden=True):
+    mm_types = (input_ids == model.config.image_token_id).long()
+    positions, _ = model.model.get_rope_index(input_ids, mm_token_type_ids=mm_types, image_grid_thw=inputs["image_grid_thw"],
+                                              bgobj_unit_labels=inputs["bgobj_unit_labels"])  # fmt: skip
+    with torch.no_grad():
+        return model(input_ids=input_ids, position_ids=positions, output_hidden_states=hidden, **inputs), positions
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_layout_and_counts(tiny_dir, data, arch):
+    tok, template, model = load_for_inference(tiny_dir(arch), data)
+    input_ids, inputs = encode(tok, template, [str(data / "img0.png")])
+    ids = tok["tokenizer"].convert_tokens_to_ids(list(SEPARATORS))
+    row = input_ids[0].tolist()
+    bg_start, bg_end, obj_start, obj_end = (row.index(i) for i in ids)
+    labels = inputs["bgobj_unit_labels"]
+    assert bg_end - bg_start - 1 == int((labels == 0).sum()) and obj_end - obj_start - 1 == int(labels.sum())
+    assert obj_start == bg_end + 1 and 0 < int(labels.sum()) < labels.numel()
+    # the mask box (112..196 x 56..140 on 224x168) covers these 28-px units exactly
+    grid = inputs["image_grid_thw"][0].tolist()
+    units = labels.view(grid[1] // 2, grid[2] // 2)
+    assert units[2:5, 4:7].all() and int(units.sum()) == 9
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_background_prefix_ignores_object_pixels(tiny_dir, data, arch):
+    tok, template, model = load_for_inference(tiny_dir(arch), data)
+    ids_a, inputs_a = encode(tok, template, [str(data / "img0.png")])
+    ids_b, inputs_b = encode(tok, template, [str(data / "img1.png")])  # same background, other object pixels
+    assert torch.equal(ids_a, ids_b) and not torch.equal(inputs_a["pixel_values"], inputs_b["pixel_values"])
+    out_a, pos_a = _forward(model, ids_a, inputs_a)
+    out_b, pos_b = _forward(model, ids_b, inputs_b)
+    assert torch.equal(pos_a, pos_b)
+    bg_end = ids_a[0].tolist().index(tok["tokenizer"].convert_tokens_to_ids("[BG_END]"))
+    for layer_a, layer_b in zip(out_a.hidden_states, out_b.hidden_states):
+        assert torch.equal(layer_a[:, : bg_end + 1], layer_b[:, : bg_end + 1])
+    assert not torch.allclose(out_a.hidden_states[-1][:, bg_end + 1 :], out_b.hidden_states[-1][:, bg_end + 1 :])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_positions_keep_each_unit_where_stock_puts_it(tiny_dir, data, arch):
+    tok, template, model = load_for_inference(tiny_dir(arch), data)
+    input_ids, inputs = encode(tok, template, [str(data / "img0.png")])
+    _, positions = _forward(model, input_ids, inputs, hidden=False)
+    grid = inputs["image_grid_thw"][0].tolist()
+    rows, cols = grid[1] // 2, grid[2] // 2
+    row = input_ids[0].tolist()
+    sep = dict(zip(SEPARATORS, tok["tokenizer"].convert_tokens_to_ids(list(SEPARATORS))))
+    start = int(positions[0, 0, row.index(sep["[BG_START]"])]) + 1
+    labels = inputs["bgobj_unit_labels"].view(rows, cols)
+    image_at = [i for i, t in enumerate(row) if t == model.config.image_token_id]
+    expected = [(r, c) for r in range(rows) for c in range(cols) if not labels[r, c]]
+    expected += [(r, c) for r in range(rows) for c in range(cols) if labels[r, c]]
+    for index, (r, c) in zip(image_at, expected):
+        assert positions[:, 0, index].tolist() == [start, start + r, start + c]
+    assert int(positions[0, 0, row.index(sep["[BG_END]"])]) == start + max(rows, cols)
+
+
+def test_generate_uses_the_training_positions(tiny_dir, data):
+    """``generate`` (as in chat/api) must give the first token the logits of the training-style forward."""
+    tok, template, model = load_for_inference(tiny_dir("qwen2_vl"), data)
+    input_ids, inputs = encode(tok, template, [str(data / "img0.png")])
+    out, _ = _forward(model, input_ids, inputs, hidden=False)
+    gen_inputs = dict(inputs, mm_token_type_ids=(input_ids == model.config.image_token_id).long())
+    generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=1,
+                               do_sample=False, output_logits=True, return_dict_in_generate=True, **gen_inputs)  # fmt: skip
+    torch.testing.assert_close(generated.logits[0][0], out.logits[0, -1], rtol=0, atol=1e-5)
+
+
+def test_stock_template_on_the_same_model_is_untouched(tiny_dir, data):
+    tok, template, model = load_for_inference(tiny_dir("qwen2_vl"), data, template="qwen2_vl")
+    assert getattr(model.config.vision_config, "bgobj", None) is None and not hasattr(model.model.visual, "bgobj")
+    assert "[BG_START]" not in tok["tokenizer"].get_vocab()
