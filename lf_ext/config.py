@@ -57,6 +57,10 @@ class BgObjArguments:
     bgobj_yolo_mode: str = _key("union", "yolo: 'union' of all detections or the single most confident ('top1').",
                                 ["union", "top1"])
 
+    # model
+    bgobj_prefusion_layers: int = _key(0, "Causal prefusion layers before the LLM (copies of its first N layers, "
+                                       "gated shut at start); 0 = off. Only when a checkpoint first gets bgobj.")
+
     def __post_init__(self):
         _check_ranges(self)
 
@@ -64,6 +68,8 @@ class BgObjArguments:
 def _check_ranges(s: "BgObjArguments") -> None:
     from pathlib import Path
 
+    if s.bgobj_prefusion_layers < 0:
+        raise BgObjConfigError(f"bgobj_prefusion_layers must be >= 0, got {s.bgobj_prefusion_layers}.")
     if s.bgobj_mask_margin < 0:
         raise BgObjConfigError(f"bgobj_mask_margin must be >= 0, got {s.bgobj_mask_margin}.")
     if not 0.0 <= s.bgobj_unit_coverage < 1.0:

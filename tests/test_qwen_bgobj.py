@@ -87,3 +87,43 @@ def test_stock_template_on_the_same_model_is_untouched(tiny_dir, data):
     tok, template, model = load_for_inference(tiny_dir("qwen2_vl"), data, template="qwen2_vl")
     assert getattr(model.config.vision_config, "bgobj", None) is None and not hasattr(model.model.visual, "bgobj")
     assert "[BG_START]" not in tok["tokenizer"].get_vocab()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prefusion_starts_as_identity_and_keeps_the_prefix_cacheable(tiny_dir, data, arch):
+    tok, template, plain = load_for_inference(tiny_dir(arch), data)
+    _, _, fused = load_for_inference(tiny_dir(arch), data, bgobj_prefusion_layers=2)
+    prefusion = fused.model.visual.bgobj.prefusion
+    assert len(prefusion.layers) == 2 and torch.equal(prefusion.gates, torch.zeros(2))
+    llm_layer = fused.model.language_model.layers[1].self_attn.q_proj.weight
+    assert torch.equal(prefusion.layers[1].self_attn.q_proj.weight, llm_layer)  # a copy of the LLM's layer 1
+    ids_a, inputs_a = encode(tok, template, [str(data / "img0.png")])
+    torch.testing.assert_close(_forward(fused, ids_a, inputs_a)[0].logits, _forward(plain, ids_a, inputs_a)[0].logits,
+                               rtol=0, atol=1e-6)  # fmt: skip
+    with torch.no_grad():
+        prefusion.gates.fill_(0.7)  # as after training: the layers now change the sequence
+    ids_b, inputs_b = encode(tok, template, [str(data / "img1.png")])
+    out_a, _ = _forward(fused, ids_a, inputs_a)
+    out_b, _ = _forward(fused, ids_b, inputs_b)
+    assert not torch.allclose(out_a.logits, _forward(plain, ids_a, inputs_a)[0].logits)
+    bg_end = ids_a[0].tolist().index(tok["tokenizer"].convert_tokens_to_ids("[BG_END]"))
+    assert torch.equal(out_a.hidden_states[-1][:, : bg_end + 1], out_b.hidden_states[-1][:, : bg_end + 1])
+
+
+def test_prefusion_kv_cache_matches_full_recompute(tiny_dir, data):
+    """Greedy decoding with the prefusion cache gives the logits of recomputing the whole sequence."""
+    tok, template, model = load_for_inference(tiny_dir("qwen2_vl"), data, bgobj_prefusion_layers=1)
+    with torch.no_grad():
+        model.model.visual.bgobj.prefusion.gates.fill_(0.7)
+    input_ids, inputs = encode(tok, template, [str(data / "img0.png")])
+    gen_inputs = dict(inputs, mm_token_type_ids=(input_ids == model.config.image_token_id).long())
+    generated = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=3,
+                               do_sample=False, output_logits=True, return_dict_in_generate=True, **gen_inputs)  # fmt: skip
+    full = generated.sequences[:, :-1]
+    mm_types = (full == model.config.image_token_id).long()
+    positions, _ = model.model.get_rope_index(full, mm_token_type_ids=mm_types, image_grid_thw=inputs["image_grid_thw"],
+                                              bgobj_unit_labels=inputs["bgobj_unit_labels"])  # fmt: skip
+    with torch.no_grad():
+        logits = model(input_ids=full, position_ids=positions, use_cache=False, **inputs).logits
+    for step, step_logits in enumerate(generated.logits):
+        torch.testing.assert_close(step_logits[0], logits[0, input_ids.shape[1] - 1 + step], rtol=0, atol=1e-4)

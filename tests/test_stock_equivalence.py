@@ -17,9 +17,9 @@ def _train(tmp_path, name, model, scenes, template, disable):
     return losses, load_file(out / "model.safetensors")
 
 
-@pytest.mark.parametrize("arch", ["qwen2_vl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "llava"])
 def test_enabled_equals_disabled_bitwise(tmp_path, tiny_dir, scenes_dir, arch):
-    template = "qwen2_vl" if arch == "qwen2_vl" else "llava"
+    template = "llava" if arch == "llava" else "qwen2_vl"
     losses_on, weights_on = _train(tmp_path, "on", tiny_dir(arch), scenes_dir, template, disable=False)
     losses_off, weights_off = _train(tmp_path, "off", tiny_dir(arch), scenes_dir, template, disable=True)
     assert len(losses_on) == 3 and losses_on == losses_off

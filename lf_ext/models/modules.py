@@ -16,14 +16,19 @@ BGOBJ_ATTR = "bgobj"
 SPEC_VERSION = 1
 
 
-def make_spec(separator_ids: list[int], text_hidden_size: int) -> dict:
+def make_spec(separator_ids: list[int], text_config, prefusion_layers: int = 0) -> dict:
     """The ``config.vision_config.bgobj`` entry that switches a model to the separated layout."""
-    return {"version": SPEC_VERSION, "separator_ids": list(separator_ids), "text_hidden_size": text_hidden_size,
-            "separators_initialized": False}  # fmt: skip
+    spec = {"version": SPEC_VERSION, "separator_ids": list(separator_ids), "text_hidden_size": text_config.hidden_size,
+            "separators_initialized": False, "prefusion_layers": prefusion_layers}  # fmt: skip
+    if prefusion_layers:
+        text = text_config.to_dict()
+        text.pop("architectures", None)
+        spec.update(prefusion_text_config=text, prefusion_initialized=False)
+    return spec
 
 
 class BgObjModules(nn.Module):
-    """Separator embeddings for ``[BG_START] [BG_END] [OBJ_START] [OBJ_END]``.
+    """Separator embeddings for ``[BG_START] [BG_END] [OBJ_START] [OBJ_END]``, and optional prefusion layers.
 
     The separators get their own embedding table, so ``embed_tokens`` and ``lm_head`` need no
     training; a forward hook on the input embeddings writes these rows at the separator ids.
@@ -32,9 +37,17 @@ class BgObjModules(nn.Module):
     def __init__(self, spec: dict):
         super().__init__()
         self.separators = nn.Embedding(len(SEPARATORS), spec["text_hidden_size"])
+        if spec.get("prefusion_layers"):
+            from lf_ext.models.prefusion import PrefusionStack
 
-    def forward(self, separator_index: torch.Tensor) -> torch.Tensor:
-        return self.separators(separator_index)
+            self.prefusion = PrefusionStack(spec["prefusion_layers"], spec["prefusion_text_config"])
+
+    def forward(self, what: str, *args, **kwargs) -> torch.Tensor:
+        """``("separators", index)`` or ``("prefusion", hidden, ...)``; one entry point so PEFT's
+        ``modules_to_save`` wrapper routes both to the trained copy."""
+        if what == "separators":
+            return self.separators(*args)
+        return self.prefusion(*args, **kwargs)
 
 
 def init_separators_from(modules: BgObjModules, start_row: torch.Tensor, end_row: torch.Tensor) -> None:

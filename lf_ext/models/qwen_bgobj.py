@@ -3,7 +3,8 @@
 - the vision tower encodes background and object units as separate groups when labels are given;
 - the input embeddings take the separator rows from ``visual.bgobj``;
 - ``get_rope_index`` gives the separated layout its positions (training collator and ``generate``);
-- ``forward`` accepts ``bgobj_unit_labels`` (declared, so ``generate`` passes it through).
+- ``forward`` accepts ``bgobj_unit_labels`` (declared, so ``generate`` passes it through);
+- with prefusion layers, they run on the embeddings just before the LLM.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from lf_ext.models.modules import BGOBJ_ATTR
 from lf_ext.models.positions import LayoutTokens, separated_rope_index
+from lf_ext.models.prefusion import prefusion_cache
 from lf_ext.models.separated_vision import separated_vision_forward
 
 # the labels of the forward call in progress, read by the vision tower
@@ -50,8 +52,23 @@ def _separator_hook(visual, separator_ids: list[int]):
         is_separator = input_ids.unsqueeze(-1) == lookup  # (..., 4)
         if not bool(is_separator.any()):
             return output
-        rows = getattr(visual, BGOBJ_ATTR)(is_separator.long().argmax(-1))  # through PEFT wrappers too
+        rows = getattr(visual, BGOBJ_ATTR)("separators", is_separator.long().argmax(-1))  # via PEFT wrappers too
         return torch.where(is_separator.any(-1, keepdim=True), rows.to(output.dtype), output)
+
+    return hook
+
+
+def _prefusion_hook(visual):
+    def hook(module, args, kwargs):
+        hidden = kwargs.get("inputs_embeds")
+        if hidden is None:
+            return None
+        cache = prefusion_cache(kwargs.get("past_key_values"))
+        kwargs["inputs_embeds"] = getattr(visual, BGOBJ_ATTR)(
+            "prefusion", hidden, kwargs.get("position_ids"), kwargs.get("attention_mask"), cache,
+            module.rotary_emb, module.config,
+        )  # fmt: skip
+        return args, kwargs
 
     return hook
 
@@ -83,6 +100,9 @@ def attach_bgobj(model) -> None:
     visual = model.model.visual
     visual.forward = _vision_forward(visual, visual.forward)
     model.get_input_embeddings().register_forward_hook(_separator_hook(visual, spec["separator_ids"]))
+    if spec.get("prefusion_layers"):
+        getattr(visual, BGOBJ_ATTR).prefusion.share_attention_config(model.model.language_model.config)
+        model.model.language_model.register_forward_pre_hook(_prefusion_hook(visual), with_kwargs=True)
     ids = LayoutTokens(
         bg_start=spec["separator_ids"][0], obj_start=spec["separator_ids"][2], image=model.config.image_token_id,
         video=model.config.video_token_id, merge=model.config.vision_config.spatial_merge_size,

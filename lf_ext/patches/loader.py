@@ -23,18 +23,23 @@ def _has_separators(tokenizer) -> bool:
 
 def enable_bgobj_config(config, tokenizer) -> None:
     """Put the ``bgobj`` spec into a Qwen config when the tokenizer carries the separators."""
+    from lf_ext.config import active_settings
     from lf_ext.layout import separator_ids
     from lf_ext.models.modules import make_spec
 
     if getattr(config, "model_type", None) not in QWEN_TYPES or not _has_separators(tokenizer):
         return
-    ids = separator_ids(tokenizer)
+    ids, layers = separator_ids(tokenizer), active_settings().bgobj_prefusion_layers
     spec = getattr(config.vision_config, "bgobj", None)
     if spec is None:
-        config.vision_config.bgobj = make_spec(ids, config.text_config.hidden_size)
-        logger.info("bgobj: separated background/object layout on (separator ids %s)", ids)
-    elif list(spec["separator_ids"]) != ids:
+        config.vision_config.bgobj = make_spec(ids, config.text_config, layers)
+        logger.info("bgobj: separated background/object layout on (separator ids %s, %d prefusion layers)", ids, layers)
+        return
+    if list(spec["separator_ids"]) != ids:
         raise ValueError(f"checkpoint's bgobj separator ids {spec['separator_ids']} differ from the tokenizer's {ids}")
+    if layers and layers != spec.get("prefusion_layers", 0):
+        raise ValueError(f"bgobj_prefusion_layers={layers}, but this bgobj checkpoint has "
+                         f"{spec.get('prefusion_layers', 0)}; drop the key to keep the checkpoint's")  # fmt: skip
 
 
 def prepare_bgobj_model(model) -> None:
@@ -53,6 +58,11 @@ def prepare_bgobj_model(model) -> None:
             start, end = weights[model.config.vision_start_token_id], weights[model.config.vision_end_token_id]
             init_separators_from(modules, start.detach().cpu(), end.detach().cpu())
         spec["separators_initialized"] = True
+    if spec.get("prefusion_layers") and not spec.get("prefusion_initialized"):
+        prefusion = getattr(model.model.visual, BGOBJ_ATTR).prefusion
+        with _gathered(list(prefusion.parameters()) + list(model.model.language_model.layers.parameters())):
+            prefusion.copy_from(model.model.language_model.layers)
+        spec["prefusion_initialized"] = True
 
 
 def _gathered(params):
@@ -111,6 +121,16 @@ def _after_init_adapter(model, config, model_ref, model_args, finetuning_args, i
         for name, param in model.named_parameters():
             if ".bgobj." in name:
                 param.requires_grad_(True)
+
+
+def _without_bgobj(result, *args, **kwargs):
+    """LoRA never targets layers inside ``visual.bgobj``: they are trained in full (modules_to_save)."""
+    if isinstance(result, list):
+        result[:] = [name for name in result if ".bgobj." not in f".{name}."]
+
+
+def patch_adapter(adapter_module: ModuleType) -> None:
+    _wrap(adapter_module, "patch_target_modules", after=_without_bgobj)
 
 
 def patch_loader(loader_module: ModuleType) -> None:
