@@ -60,6 +60,8 @@ class BgObjArguments:
     # model
     bgobj_prefusion_layers: int = _key(0, "Causal prefusion layers before the LLM (copies of its first N layers, "
                                        "gated shut at start); 0 = off. Only when a checkpoint first gets bgobj.")
+    bgobj_split_projector: bool = _key(False, "Separate background and object projectors (copies of the merger, "
+                                       "trained in stage 1). Only when a checkpoint first gets bgobj.")
 
     def __post_init__(self):
         _check_ranges(self)

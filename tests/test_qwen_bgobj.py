@@ -127,3 +127,20 @@ def test_prefusion_kv_cache_matches_full_recompute(tiny_dir, data):
         logits = model(input_ids=full, position_ids=positions, use_cache=False, **inputs).logits
     for step, step_logits in enumerate(generated.logits):
         torch.testing.assert_close(step_logits[0], logits[0, input_ids.shape[1] - 1 + step], rtol=0, atol=1e-4)
+
+
+def test_split_projector_starts_as_the_merger_and_separates_groups(tiny_dir, data):
+    tok, template, plain = load_for_inference(tiny_dir("qwen2_5_vl"), data)
+    _, _, split = load_for_inference(tiny_dir("qwen2_5_vl"), data, bgobj_split_projector=True)
+    modules = split.model.visual.bgobj
+    assert torch.equal(modules.merger_object.mlp[0].weight, split.model.visual.merger.mlp[0].weight)
+    ids_a, inputs_a = encode(tok, template, [str(data / "img0.png")])
+    torch.testing.assert_close(_forward(split, ids_a, inputs_a)[0].logits, _forward(plain, ids_a, inputs_a)[0].logits,
+                               rtol=0, atol=1e-6)  # fmt: skip
+    with torch.no_grad():
+        modules.merger_object.mlp[0].weight.mul_(1.5)  # train only the object projector
+    changed, _ = _forward(split, ids_a, inputs_a)
+    reference, _ = _forward(plain, ids_a, inputs_a)
+    bg_end = ids_a[0].tolist().index(tok["tokenizer"].convert_tokens_to_ids("[BG_END]"))
+    assert torch.equal(changed.hidden_states[-1][:, : bg_end + 1], reference.hidden_states[-1][:, : bg_end + 1])
+    assert not torch.allclose(changed.hidden_states[-1][:, bg_end + 1 :], reference.hidden_states[-1][:, bg_end + 1 :])

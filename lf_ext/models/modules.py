@@ -7,6 +7,8 @@ conversion (a module at ``model.bgobj`` would be renamed to ``model.language_mod
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -16,10 +18,11 @@ BGOBJ_ATTR = "bgobj"
 SPEC_VERSION = 1
 
 
-def make_spec(separator_ids: list[int], text_config, prefusion_layers: int = 0) -> dict:
+def make_spec(separator_ids: list[int], text_config, prefusion_layers: int = 0, split_projector: bool = False) -> dict:
     """The ``config.vision_config.bgobj`` entry that switches a model to the separated layout."""
     spec = {"version": SPEC_VERSION, "separator_ids": list(separator_ids), "text_hidden_size": text_config.hidden_size,
-            "separators_initialized": False, "prefusion_layers": prefusion_layers}  # fmt: skip
+            "separators_initialized": False, "prefusion_layers": prefusion_layers,
+            "split_projector": split_projector, "split_projector_initialized": False}  # fmt: skip
     if prefusion_layers:
         text = text_config.to_dict()
         text.pop("architectures", None)
@@ -28,15 +31,18 @@ def make_spec(separator_ids: list[int], text_config, prefusion_layers: int = 0) 
 
 
 class BgObjModules(nn.Module):
-    """Separator embeddings for ``[BG_START] [BG_END] [OBJ_START] [OBJ_END]``, and optional prefusion layers.
+    """Separator embeddings for ``[BG_START] [BG_END] [OBJ_START] [OBJ_END]``, optional prefusion layers and
+    optional split projectors (separate background/object copies of the merger).
 
     The separators get their own embedding table, so ``embed_tokens`` and ``lm_head`` need no
     training; a forward hook on the input embeddings writes these rows at the separator ids.
     """
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, merger: nn.Module | None = None):
         super().__init__()
         self.separators = nn.Embedding(len(SEPARATORS), spec["text_hidden_size"])
+        if spec.get("split_projector"):
+            self.merger_background, self.merger_object = copy.deepcopy(merger), copy.deepcopy(merger)
         if spec.get("prefusion_layers"):
             from lf_ext.models.prefusion import PrefusionStack
 
@@ -47,7 +53,20 @@ class BgObjModules(nn.Module):
         ``modules_to_save`` wrapper routes both to the trained copy."""
         if what == "separators":
             return self.separators(*args)
+        if what == "merge":
+            return self.merge(*args)
         return self.prefusion(*args, **kwargs)
+
+    def merge(self, hidden_states: torch.Tensor, is_object_unit: torch.Tensor) -> torch.Tensor:
+        """Split projectors: background units through one merger, object units through the other."""
+        per_unit = hidden_states.view(is_object_unit.numel(), -1, hidden_states.shape[-1])
+        out = None
+        for merger, chosen in ((self.merger_background, ~is_object_unit), (self.merger_object, is_object_unit)):
+            rows = merger(per_unit[chosen].reshape(-1, hidden_states.shape[-1]))
+            if out is None:
+                out = rows.new_zeros(is_object_unit.numel(), rows.shape[-1])
+            out = out.index_put((chosen.nonzero(as_tuple=True)[0],), rows)
+        return out
 
 
 def init_separators_from(modules: BgObjModules, start_row: torch.Tensor, end_row: torch.Tensor) -> None:

@@ -32,12 +32,16 @@ def bgobj_spec(model) -> dict | None:
     return getattr(vision, "bgobj", None) if vision is not None else None
 
 
-def _vision_forward(visual, stock_forward):
+def _vision_forward(visual, stock_forward, split_projector: bool):
+    def merge(hidden_states, is_object_unit):
+        return getattr(visual, BGOBJ_ATTR)("merge", hidden_states, is_object_unit)
+
     def forward(self, hidden_states, grid_thw, **kwargs):
         labels = _CALL_LABELS.get()
         if labels is None:
             return stock_forward(hidden_states, grid_thw, **kwargs)
-        merged = separated_vision_forward(self, hidden_states, grid_thw, labels.to(hidden_states.device))
+        merged = separated_vision_forward(self, hidden_states, grid_thw, labels.to(hidden_states.device),
+                                          merge if split_projector else None)  # fmt: skip
         return BaseModelOutputWithPooling(last_hidden_state=None, pooler_output=merged)
 
     return MethodType(forward, visual)
@@ -98,7 +102,7 @@ def attach_bgobj(model) -> None:
         return
     spec = bgobj_spec(model)
     visual = model.model.visual
-    visual.forward = _vision_forward(visual, visual.forward)
+    visual.forward = _vision_forward(visual, visual.forward, bool(spec.get("split_projector")))
     model.get_input_embeddings().register_forward_hook(_separator_hook(visual, spec["separator_ids"]))
     if spec.get("prefusion_layers"):
         getattr(visual, BGOBJ_ATTR).prefusion.share_attention_config(model.model.language_model.config)

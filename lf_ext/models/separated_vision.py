@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import accumulate
+from typing import Callable
 
 import torch
 from torch import nn
@@ -155,8 +156,14 @@ def _run_tower(
     unit_order: torch.Tensor,
     block_cu_seqlens: list[torch.Tensor],
     output_index: torch.Tensor | None,
+    merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Stock tower pipeline with the patches in ``unit_order`` and one ``cu_seqlens`` per block."""
+    """Stock tower pipeline with the patches in ``unit_order`` and one ``cu_seqlens`` per block.
+
+    ``merge(hidden_states, is_object_unit)`` replaces ``visual.merger`` when given (split projectors);
+    ``is_object_unit`` is in processing order.
+    """
     device = pixel_values.device
     patch_index = _expand_units(unit_order, visual.spatial_merge_size**2).to(device)
     hidden_states = visual.patch_embed(pixel_values)[patch_index]
@@ -165,12 +172,19 @@ def _run_tower(
     position_embeddings = (emb.cos(), emb.sin())
     for blk, cu in zip(visual.blocks, block_cu_seqlens, strict=True):
         hidden_states = blk(hidden_states, cu_seqlens=cu, position_embeddings=position_embeddings)
-    merged = visual.merger(hidden_states)
+    if merge is None:
+        merged = visual.merger(hidden_states)
+    else:
+        merged = merge(hidden_states, labels[unit_order].to(device))
     return merged if output_index is None else merged[output_index.to(merged.device)]
 
 
 def separated_vision_forward(
-    visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor, unit_labels: torch.Tensor
+    visual: nn.Module,
+    pixel_values: torch.Tensor,
+    grid_thw: torch.Tensor,
+    unit_labels: torch.Tensor,
+    merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Encode background and object units as two non-interacting groups; returns ``[Σunits, out_hidden]``.
 
@@ -185,12 +199,12 @@ def separated_vision_forward(
     group_cu = cu_seqlens(layout.seg_lengths, device)
     if not hasattr(visual, "get_window_index"):
         block_cu = [group_cu] * len(visual.blocks)
-        return _run_tower(visual, pixel_values, grid_thw, layout.unit_perm, block_cu, None)
+        return _run_tower(visual, pixel_values, grid_thw, layout.unit_perm, block_cu, None, merge, layout.labels)
     windows = window_segments(layout, window_units_of(visual))
     window_cu = cu_seqlens(windows.window_seg_lengths, device)
     full = set(visual.fullatt_block_indexes)
     block_cu = [group_cu if i in full else window_cu for i in range(len(visual.blocks))]
-    return _run_tower(visual, pixel_values, grid_thw, windows.unit_order, block_cu, windows.output_index)
+    return _run_tower(visual, pixel_values, grid_thw, windows.unit_order, block_cu, windows.output_index, merge, layout.labels)
 
 
 __all__ = [

@@ -7,6 +7,7 @@ so they are wrapped where that module looks them up.
 from __future__ import annotations
 
 import functools
+from contextlib import contextmanager
 from types import ModuleType
 
 from lf_ext.layout import SEPARATORS
@@ -29,11 +30,13 @@ def enable_bgobj_config(config, tokenizer) -> None:
 
     if getattr(config, "model_type", None) not in QWEN_TYPES or not _has_separators(tokenizer):
         return
-    ids, layers = separator_ids(tokenizer), active_settings().bgobj_prefusion_layers
+    settings = active_settings()
+    ids, layers, split = separator_ids(tokenizer), settings.bgobj_prefusion_layers, settings.bgobj_split_projector
     spec = getattr(config.vision_config, "bgobj", None)
     if spec is None:
-        config.vision_config.bgobj = make_spec(ids, config.text_config, layers)
-        logger.info("bgobj: separated background/object layout on (separator ids %s, %d prefusion layers)", ids, layers)
+        config.vision_config.bgobj = make_spec(ids, config.text_config, layers, split)
+        logger.info("bgobj: separated background/object layout on (separator ids %s, %d prefusion layers, "
+                    "split projector %s)", ids, layers, split)  # fmt: skip
         return
     if list(spec["separator_ids"]) != ids:
         raise ValueError(f"checkpoint's bgobj separator ids {spec['separator_ids']} differ from the tokenizer's {ids}")
@@ -63,6 +66,12 @@ def prepare_bgobj_model(model) -> None:
         with _gathered(list(prefusion.parameters()) + list(model.model.language_model.layers.parameters())):
             prefusion.copy_from(model.model.language_model.layers)
         spec["prefusion_initialized"] = True
+    if spec.get("split_projector") and not spec.get("split_projector_initialized"):
+        modules, merger = getattr(model.model.visual, BGOBJ_ATTR), model.model.visual.merger
+        with _gathered(list(modules.parameters()) + list(merger.parameters())):
+            modules.merger_background.load_state_dict(merger.state_dict())
+            modules.merger_object.load_state_dict(merger.state_dict())
+        spec["split_projector_initialized"] = True
 
 
 def _gathered(params):
@@ -129,8 +138,34 @@ def _without_bgobj(result, *args, **kwargs):
         result[:] = [name for name in result if ".bgobj." not in f".{name}."]
 
 
+@contextmanager
+def _bgobj_hidden(model):
+    """Take ``visual.bgobj`` out of the module tree for a moment (so LoRA target discovery skips it)."""
+    visual = getattr(getattr(model, "model", None), "visual", None)
+    modules = getattr(visual, "_modules", {})
+    hidden = modules.pop("bgobj", None)
+    try:
+        yield
+    finally:
+        if hidden is not None:
+            modules["bgobj"] = hidden
+
+
 def patch_adapter(adapter_module: ModuleType) -> None:
+    """``lora_target: all`` must not pick Linear names that only bgobj layers have (e.g. the split
+    projectors' ``0``/``2``, which would then match LLM layer names by substring)."""
     _wrap(adapter_module, "patch_target_modules", after=_without_bgobj)
+    original = adapter_module.find_all_linear_modules
+    if getattr(original, "_lf_ext_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def find_all_linear_modules(model, *args, **kwargs):
+        with _bgobj_hidden(model):
+            return original(model, *args, **kwargs)
+
+    find_all_linear_modules._lf_ext_wrapped = True
+    adapter_module.find_all_linear_modules = find_all_linear_modules
 
 
 def patch_loader(loader_module: ModuleType) -> None:

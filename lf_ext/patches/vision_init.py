@@ -28,7 +28,7 @@ def patch_vision_tower(module: ModuleType) -> None:
         if spec:
             from lf_ext.models.modules import BGOBJ_ATTR, BgObjModules
 
-            setattr(self, BGOBJ_ATTR, BgObjModules(spec))
+            setattr(self, BGOBJ_ATTR, BgObjModules(spec, merger=self.merger))
 
     __init__._lf_ext_wrapped = True
     tower.__init__ = __init__
