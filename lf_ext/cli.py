@@ -90,13 +90,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
             generate_scenes(scenes, seed=0)
         run_bench_masks(scenes, args.json, yolo_weights=args.yolo_weights, limit=args.limit)
+    elif args.bench_command == "train":
+        from lf_ext.bench.train import run_bench_train
+
+        run_bench_train(args.json, shapes=tuple(args.shapes.split(",")), steps=args.steps)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lf_ext.demo import run_demo
 
-    return run_demo(args.workdir, steps=args.steps)
+    return run_demo(args.workdir, steps=args.steps, masks=args.masks)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--arch", required=True, choices=ARCH_NAMES)
     tiny.add_argument("--out", required=True, help="output folder")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--shape", default="tiny", choices=list(SHAPES), help="'2b': Qwen2-VL-2B dimensions, timing only")
+    tiny.add_argument("--shape", default="tiny", choices=list(SHAPES), help="'small': ~100M params; '2b': Qwen2-VL-2B dimensions; both for timing only")
     tiny.set_defaults(func=_cmd_tiny)
 
     scenes = sub.add_parser("scenes", help="generate the synthetic background/object scenes dataset")
@@ -151,9 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench_masks.add_argument("--limit", type=int, help="at most this many test images")
     bench_masks.set_defaults(func=_cmd_bench)
 
-    demo = sub.add_parser("demo", help="tiny checkpoint + scenes + a yaml/ recipe through llamafactory-cli")
+    bench_train = bench.add_parser("train", help="training step time, qwen2_vl_bgobj vs qwen2_vl")
+    bench_train.add_argument("--json", required=True)
+    bench_train.add_argument("--shapes", default="tiny,small", help="comma-separated: tiny, small")
+    bench_train.add_argument("--steps", type=int, default=12, help="steps per run (the first 2 are warm-up)")
+    bench_train.set_defaults(func=_cmd_bench)
+
+    demo = sub.add_parser("demo", help="stock vs bgobj stages on the scenes, through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")
-    demo.add_argument("--steps", type=int, default=None, help="override the recipe's max_steps")
+    demo.add_argument("--steps", type=int, default=None, help="base training steps (extra budget: a third of it)")
+    demo.add_argument("--masks", default="yolo", choices=["yolo", "dataset"], help="mask provider for bgobj")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,4 +1,11 @@
-"""The README's demo: tiny checkpoint + synthetic scenes + a ``yaml/`` recipe through ``llamafactory-cli``."""
+"""The README's demo: a stock baseline and the bgobj stages on the synthetic scenes, via ``llamafactory-cli``.
+
+1. a tiny random Qwen2-VL and the scenes; a YOLO segmenter trained on the scenes (cached);
+2. *base*: the stock template trained from scratch (the stand-in for a pretrained VLM);
+3. from base, the same extra budget twice: *stock* continues with the stock template, *bgobj* runs
+   stage 1 (bgobj modules) then stage 2 (LoRA) with YOLO masks, then ``llamafactory-cli export``;
+4. both answer the test questions through LLaMA-Factory's ChatModel; accuracies are printed.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from pathlib import Path
 from lf_ext.log import get_logger
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPE = "yaml/tiny/stock_sft.yaml"
+RECIPES = REPO_ROOT / "yaml" / "tiny"
 logger = get_logger()
 
 
@@ -28,6 +35,7 @@ def cli_env() -> dict[str, str]:
 def run_llamafactory(command: str, recipe: str | Path, overrides: dict[str, object], log_file: Path) -> None:
     """Run ``llamafactory-cli COMMAND RECIPE key=value...``; on failure, show the log's tail."""
     args = ["llamafactory-cli", command, str(recipe)] + [f"{k}={v}" for k, v in overrides.items()]
+    logger.info("running %s (log: %s)", " ".join(args[:3]), log_file)
     with open(log_file, "w") as log:
         proc = subprocess.run(args, cwd=REPO_ROOT, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
@@ -40,8 +48,31 @@ def read_losses(output_dir: Path) -> list[float]:
     return [row["loss"] for row in map(json.loads, log.read_text().splitlines()) if "loss" in row]
 
 
-def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int | None = None) -> int:
-    """Build, train, answer test questions and print a short report."""
+def _train(work: Path, name: str, recipe: str, steps: int, **overrides) -> tuple[Path, list[float]]:
+    out = work / name
+    overrides = dict(overrides, output_dir=out, max_steps=steps, logging_steps=max(1, min(10, steps // 4)))
+    run_llamafactory("train", RECIPES / recipe, overrides, work / f"{name}.log")
+    return out, read_losses(out)
+
+
+def mask_settings(work: Path, scenes: Path, masks: str) -> dict[str, str]:
+    """``bgobj_*`` keys for the demo's masks: the trained YOLO segmenter (cached) or the dataset's own."""
+    if masks == "dataset":
+        return {"bgobj_mask_provider": "dataset"}
+    weights = work / "yolo" / "best.pt"
+    if not weights.exists():
+        from lf_ext.masks.yolo_train import train_yolo
+
+        logger.info("training the YOLO segmenter on the scenes (once; cached in %s)", weights.parent)
+        trained = train_yolo(scenes, work / "yolo_run")
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        weights.write_bytes(Path(trained).read_bytes())
+    return {"bgobj_mask_provider": "yolo", "bgobj_yolo_weights": str(weights), "bgobj_mask_fallback": "none"}
+
+
+def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int | None = None,
+             masks: str = "yolo") -> int:  # fmt: skip
+    """Build, train stock and bgobj with the same budget, answer test questions and print a report."""
     from lf_ext.evaluate import exact_match, load_records, majority_baseline
     from lf_ext.scenes import generate_scenes
     from lf_ext.tiny.checkpoint import build_checkpoint
@@ -49,36 +80,44 @@ def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_l
     work = (REPO_ROOT / workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    base_steps, extra = (steps, max(2, steps // 3)) if steps else (300, 100)
     checkpoint = build_checkpoint("qwen2_vl", work / "tiny_qwen2_vl", seed=0)
     scenes = work / "scenes"
     if not (scenes / "dataset_info.json").exists():
         generate_scenes(scenes, seed=0)
-    logger.info("checkpoint and scenes ready in %.1fs; training %s", time.time() - t0, RECIPE)
-
-    output_dir = work / "stock_sft"
-    overrides = {"model_name_or_path": checkpoint, "dataset_dir": scenes, "output_dir": output_dir}
-    if steps is not None:
-        overrides.update(max_steps=steps, logging_steps=max(1, min(10, steps // 4)))
-    t1 = time.time()
-    run_llamafactory("train", RECIPE, overrides, work / "train.log")
-    losses = read_losses(output_dir)
-    train_s = time.time() - t1
-
+    keys = mask_settings(work, scenes, masks)
+    common = dict(dataset_dir=scenes)
+    base, base_losses = _train(work, "base", "stock_sft.yaml", base_steps, model_name_or_path=checkpoint, **common)
+    stock, stock_losses = _train(work, "stock", "stock_sft.yaml", extra, model_name_or_path=base, **common)
+    stage1, _ = _train(work, "stage1", "stage1_projector.yaml", extra * 2 // 5, model_name_or_path=base, **common, **keys)
+    stage2, bgobj_losses = _train(work, "stage2_lora", "stage2_lora.yaml", extra - extra * 2 // 5,
+                                  model_name_or_path=stage1, **common, **keys)  # fmt: skip
+    merged = work / "merged"
+    run_llamafactory("export", RECIPES / "export.yaml", dict(model_name_or_path=stage1, adapter_name_or_path=stage2,
+                                                             export_dir=merged), work / "export.log")  # fmt: skip
     test = load_records(scenes, "scenes_test.json", limit=eval_limit)
-    result = exact_match(output_dir, "qwen2_vl", scenes, test)
+    results = {
+        "stock": exact_match(stock, "qwen2_vl", scenes, test),
+        "bgobj": exact_match(merged, "qwen2_vl_bgobj", scenes, test, extra_args=keys),
+    }
     baseline = majority_baseline(load_records(scenes, "scenes_train.json"), test)
-    _print_report(losses, train_s, result, baseline, time.time() - t0)
+    _print_report(base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, time.time() - t0)
+    (work / "demo_result.json").write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "examples"}
+                                                       for k, v in results.items()}, indent=1))  # fmt: skip
     return 0
 
 
-def _print_report(losses: list[float], train_s: float, result: dict, baseline: float, total_s: float) -> None:
-    print("\n=== lf_ext demo: tiny Qwen2-VL, stock template, synthetic scenes ===")
-    print(f"training: {RECIPE} via llamafactory-cli, {train_s:.0f}s, loss {losses[0]:.3f} -> {losses[-1]:.3f}")
-    print(f"test exact match: {result['accuracy']:.1%} on {result['n']} questions "
-          f"(majority-answer baseline {baseline:.1%})")  # fmt: skip
-    print(f"{'question type':<16}{'accuracy':>10}{'n':>6}")
-    for qtype, (acc, n) in result["per_type"].items():
-        print(f"{qtype:<16}{acc:>10.1%}{n:>6}")
-    for question, answer, reply in result["examples"][:3]:
-        print(f"  Q: {question.strip()}  expected: {answer}  model: {reply!r}")
+def _print_report(base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, total_s) -> None:
+    print("\n=== lf_ext demo: tiny Qwen2-VL on the synthetic scenes ===")
+    print(f"base   stock template, {base_steps} steps from random weights: loss {base_losses[0]:.3f} -> {base_losses[-1]:.3f}")
+    print(f"stock  base + {extra} steps, stock template (qwen2_vl): loss -> {stock_losses[-1]:.3f}")
+    print(f"bgobj  base + {extra} steps, stage 1 + stage 2 LoRA (qwen2_vl_bgobj, masks: {keys['bgobj_mask_provider']}),"
+          f" exported: loss -> {bgobj_losses[-1]:.3f}")  # fmt: skip
+    types = sorted(results["stock"]["per_type"])
+    print(f"\n{'question type':<16}{'n':>5}{'stock':>9}{'bgobj':>9}")
+    for qtype in types:
+        n = results["stock"]["per_type"][qtype][1]
+        print(f"{qtype:<16}{n:>5}{results['stock']['per_type'][qtype][0]:>9.1%}{results['bgobj']['per_type'][qtype][0]:>9.1%}")
+    print(f"{'all':<16}{results['stock']['n']:>5}{results['stock']['accuracy']:>9.1%}{results['bgobj']['accuracy']:>9.1%}")
+    print(f"(majority-answer baseline {baseline:.1%}; exact match, greedy decoding)")
     print(f"total {total_s:.0f}s")

@@ -37,8 +37,11 @@ def majority_baseline(train: list[dict], test: list[dict]) -> float:
 
 
 def exact_match(model_dir: str | Path, template: str, dataset_dir: str | Path, records: list[dict],
-                image_max_pixels: int = 50176) -> dict:  # fmt: skip
-    """Answer each record's question with greedy decoding; return overall and per-type accuracy."""
+                image_max_pixels: int = 50176, extra_args: dict | None = None) -> dict:  # fmt: skip
+    """Answer each record's question with greedy decoding; return overall and per-type accuracy.
+
+    ``extra_args`` go to LLaMA-Factory's ``ChatModel`` (e.g. ``bgobj_*`` keys for a bgobj model).
+    """
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
     from llamafactory.chat import ChatModel
     from transformers.utils import logging as hf_logging
@@ -46,7 +49,7 @@ def exact_match(model_dir: str | Path, template: str, dataset_dir: str | Path, r
     hf_logging.set_verbosity_warning()
 
     chat = ChatModel(dict(model_name_or_path=str(model_dir), template=template, image_max_pixels=image_max_pixels,
-                          max_new_tokens=8, do_sample=False, infer_dtype="float32"))  # fmt: skip
+                          max_new_tokens=8, do_sample=False, infer_dtype="float32", **(extra_args or {})))  # fmt: skip
     per_type: dict[str, list[bool]] = defaultdict(list)
     examples = []
     for rec in tqdm(records, desc="answering", unit="q"):

@@ -20,6 +20,7 @@ from .base import MaskError, MaskRequest
 from .registry import register_mask_provider
 
 MODES: tuple[str, ...] = ("union", "top1")
+MAX_DET = 100  # detections kept per image (ultralytics' default 300 only slows down NMS and mask assembly)
 # Read by ultralytics at import time: no DNS probe / PyPI / analytics (ONLINE=False), no pip auto-install.
 OFFLINE_ENV: dict[str, str] = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0"}
 
@@ -46,17 +47,16 @@ def import_ultralytics() -> ModuleType:
 
 @contextlib.contextmanager
 def torch_state_kept(num_threads: int | None = None) -> Iterator[None]:
-    """Run a block with ``num_threads`` torch threads and restore torch's global state afterwards.
+    """Run a block with ``num_threads`` torch threads (default: unchanged), then restore torch's global state.
 
-    ultralytics sets ``torch.set_num_threads(cpu_count - 1)`` (1 on a 2-core machine) when it
+    ultralytics calls ``torch.set_num_threads(cpu_count - 1)`` (1 on a 2-core machine) when it
     picks a device, seeds the global RNGs and toggles deterministic algorithms while training;
     none of that should leak into the rest of the process.
     """
     import torch
 
     threads = torch.get_num_threads()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    deterministic = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     fill = torch.utils.deterministic.fill_uninitialized_memory
     rng = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
     if num_threads:
@@ -64,8 +64,11 @@ def torch_state_kept(num_threads: int | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        if (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()) \
+                != deterministic:  # the setter imports torch._inductor (seconds): call it only when needed
+            torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         torch.utils.deterministic.fill_uninitialized_memory = fill
         random.setstate(rng[0])
         np.random.set_state(rng[1])
@@ -191,7 +194,7 @@ class YoloMaskProvider:
         with torch_state_kept():
             results = self.model.predict(image.convert("RGB"), imgsz=self.imgsz, conf=self.conf,
                                          classes=self.classes, device=self.device, retina_masks=True,
-                                         verbose=False, save=False)
+                                         max_det=MAX_DET, verbose=False, save=False)
         return results[0]
 
     def __call__(self, request: MaskRequest) -> np.ndarray:

@@ -17,7 +17,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -118,22 +118,41 @@ def scenes_to_yolo(scenes_dir: str | Path, out_dir: str | Path) -> Path:
 # --------------------------------------------------------------------------- training
 @contextlib.contextmanager
 def _offline_training(quiet: bool) -> Iterator[None]:
-    """Block the font download ultralytics attempts on every dataset check; optionally silence its logger."""
+    """Switch off what a training run would otherwise send or fetch; optionally silence ultralytics.
+
+    - ``check_font``: every dataset check (plots or not) fetches Arial.ttf from GitHub when it is
+      not in the ultralytics config dir or matplotlib's font list.
+    - ``add_integration_callbacks``: usage analytics, Ultralytics Platform streaming (whenever an
+      API key is set) and MLflow/Comet/ClearML/DVC/W&B/... loggers (whenever installed).
+    """
     from unittest import mock
 
     import ultralytics.data.utils as data_utils
+    import ultralytics.utils.callbacks as callbacks
     import ultralytics.utils.plotting as plotting
 
     logger = logging.getLogger("ultralytics")
     level = logger.level
     with mock.patch.object(data_utils, "check_font", lambda *a, **k: None), \
-            mock.patch.object(plotting, "check_font", lambda *a, **k: None):
+            mock.patch.object(plotting, "check_font", lambda *a, **k: None), \
+            mock.patch.object(callbacks, "add_integration_callbacks", lambda instance: None):
         if quiet:
             logger.setLevel(logging.WARNING)
         try:
             yield
         finally:
             logger.setLevel(level)
+
+
+def _threads_callback(num_threads: int) -> Callable[[Any], None]:
+    """``on_train_start`` callback: ultralytics drops to cpu_count - 1 torch threads when it selects the device."""
+
+    def set_threads(trainer: Any) -> None:
+        import torch
+
+        torch.set_num_threads(num_threads)
+
+    return set_threads
 
 
 def _train_args(data_yaml: Path, out_dir: Path, epochs: int, imgsz: int, batch: int, seed: int,
@@ -159,8 +178,7 @@ def train_yolo(scenes_dir: str | Path, out_dir: str | Path, *, epochs: int = 30,
     threads = max(1, os.cpu_count() or 1)
     with torch_state_kept(threads), _offline_training(quiet=not progress):
         model = ultralytics.YOLO(ARCH)
-        # ultralytics drops to cpu_count - 1 torch threads when it selects the device; use all cores
-        model.add_callback("on_train_start", lambda trainer: __import__("torch").set_num_threads(threads))
+        model.add_callback("on_train_start", _threads_callback(threads))
         start = time.perf_counter()
         model.train(**_train_args(data_yaml, out_dir, epochs, imgsz, batch, seed, progress, **overrides))
         best = Path(model.trainer.best)

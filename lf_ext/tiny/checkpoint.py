@@ -51,6 +51,10 @@ def _qwen_token_ids(tokenizer) -> dict[str, int]:
 def _qwen_text(tokenizer, shape: str) -> dict:
     ids = tokenizer.convert_tokens_to_ids
     common = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
+    if shape == "small":  # ~100M parameters in all: Qwen2-0.5B-like layers, fewer of them
+        return dict(common, vocab_size=_embedding_rows(tokenizer), hidden_size=896, intermediate_size=4864,
+                    num_hidden_layers=5, num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                    rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12], "rope_theta": 1000000.0})  # fmt: skip
     if shape == "2b":  # Qwen2-VL-2B-Instruct text tower
         return dict(common, vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                     num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
@@ -64,6 +68,8 @@ def qwen2_vl_config(tokenizer, shape: str) -> PretrainedConfig:
     text = _qwen_text(tokenizer, shape)
     if shape == "2b":
         vision = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
+    elif shape == "small":
+        vision = dict(depth=8, embed_dim=512, hidden_size=text["hidden_size"], num_heads=8, mlp_ratio=4)
     else:
         vision = dict(depth=2, embed_dim=32, hidden_size=text["hidden_size"], num_heads=4, mlp_ratio=2)
     return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=shape == "2b",
@@ -121,7 +127,7 @@ class ArchSpec:
 
 ARCHS: dict[str, ArchSpec] = {
     "qwen2_vl": ArchSpec(qwen_tokenizer, chat_templates.QWEN2_VL, qwen2_vl_config, qwen_processor(Qwen2VLProcessor),
-                         ("tiny", "2b"), "qwen2_vl"),
+                         ("tiny", "small", "2b"), "qwen2_vl"),
     "qwen2_5_vl": ArchSpec(qwen_tokenizer, chat_templates.QWEN2_VL, qwen2_5_vl_config,
                            qwen_processor(Qwen2_5_VLProcessor), ("tiny",), "qwen2_vl"),
     "llava": ArchSpec(llama_tokenizer, chat_templates.LLAVA, llava_config, llava_processor, ("tiny",), "llava"),
