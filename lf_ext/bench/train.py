@@ -44,7 +44,9 @@ def run_bench_train(json_out: str | Path, shapes=("tiny", "small"), steps: int =
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        scenes = Path(scenes_dir) if scenes_dir else generate_scenes(tmp / "scenes", progress=False) and tmp / "scenes"
+        scenes = Path(scenes_dir) if scenes_dir else tmp / "scenes"
+        if not (scenes / "dataset_info.json").exists():
+            generate_scenes(scenes, progress=False)
         for shape in shapes:
             model = build_checkpoint("qwen2_vl", tmp / shape, seed=0, shape=shape)
             medians = {}
