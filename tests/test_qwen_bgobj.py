@@ -144,3 +144,25 @@ def test_split_projector_starts_as_the_merger_and_separates_groups(tiny_dir, dat
     bg_end = ids_a[0].tolist().index(tok["tokenizer"].convert_tokens_to_ids("[BG_END]"))
     assert torch.equal(changed.hidden_states[-1][:, : bg_end + 1], reference.hidden_states[-1][:, : bg_end + 1])
     assert not torch.allclose(changed.hidden_states[-1][:, bg_end + 1 :], reference.hidden_states[-1][:, bg_end + 1 :])
+
+
+def test_plugin_bad_images_name_the_sample(tiny_dir, data, tmp_path):
+    from lf_ext.masks.base import MaskError
+
+    tok, template, _ = load_for_inference(tiny_dir("qwen2_vl"), data)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    for path, message in ((tmp_path / "broken.png", "broken.png"), (tmp_path / "absent.png", "absent.png")):
+        with pytest.raises(MaskError, match=f"image 0 .*{message}.*cannot be read"):
+            encode(tok, template, [str(path)])
+
+
+@pytest.mark.parametrize("size", [(1000, 20), (20, 1000), (10, 10), (5000, 5)])
+def test_plugin_extreme_sizes_match_the_processor(tiny_dir, data, tmp_path, size):
+    from PIL import Image
+
+    tok, template, model = load_for_inference(tiny_dir("qwen2_vl"), data)
+    Image.new("RGB", size, (40, 90, 200)).save(tmp_path / "odd.png")
+    input_ids, inputs = encode(tok, template, [str(tmp_path / "odd.png")])
+    t, h, w = inputs["image_grid_thw"][0].tolist()
+    assert inputs["bgobj_unit_labels"].numel() == h * w // 4 == int((input_ids == model.config.image_token_id).sum())
+    assert not inputs["bgobj_unit_labels"].any()  # no mask for this image: the documented 'none' fallback
