@@ -1,0 +1,259 @@
+"""``BackgroundCache``: byte-bounded LRU store of verified background reuse (DESIGN.md §3.4, §7).
+
+Policy. An entry keeps its background unit set B, the pixels of B and an opaque payload. A new
+image hits it only if every unit of B is within ``unit_threshold`` (mean absolute difference,
+0-255) of the stored pixels, under the same exact context key and grid. Lookup:
+
+1. fingerprint the new image's probe units (outside the lock);
+2. under the lock, :class:`~lf_ext.cache.index.ProbeIndex` finds the entries no probe proves wrong
+   (exact candidates) and counts the *near* ones (at most ``1 - candidate_match`` of their
+   background probes violated);
+3. outside the lock, verify up to ``max_candidates`` exact candidates, best fingerprint first,
+   against the full stored pixels; the first that passes is the hit;
+4. on a memory miss the disk index is searched the same way; a disk hit is promoted to memory.
+
+A lookup is a *hit*, a *rejection* (near entries existed but none verified) or a *miss* (none).
+
+Insert rules: B must cover ``min_coverage`` of the grid and the entry (payload bytes + B pixels)
+must fit ``max_bytes``, else nothing is stored, the skip is counted and None is returned. The
+entry id is a digest of (context key, B, pixels of B): inserting an identical background again
+replaces the payload of the existing entry (counted as ``replaced``) instead of duplicating it.
+Payload tensors are copied on insert and shared (read-only) with every hit.
+
+Disk tier (``disk_dir``): entries evicted from memory are written there; a disk hit moves the
+entry back to memory and deletes its file, so each entry lives in exactly one tier. Files are
+written and read outside the lock; index changes and file deletions happen under it, so the
+directory and the disk index agree whenever no call is in flight. The disk index is rebuilt from
+file headers at start-up (one cache per directory). ``disk_max_bytes`` bounds the directory
+(oldest file deleted first). A corrupt, truncated or missing file is a miss (counted, file
+deleted), never an exception and never a payload. Memory entries are not written at exit.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lf_ext.cache.disk import CorruptEntryError, DiskRecord, DiskTier
+from lf_ext.cache.entry import (
+    CacheEntry,
+    CacheHit,
+    IndexKey,
+    build_entry,
+    check_labels,
+    check_payload,
+    check_units,
+    payload_nbytes,
+)
+from lf_ext.cache.fingerprint import (
+    DEFAULT_PROBES,
+    fingerprint,
+    probe_positions,
+    probe_tolerance,
+)
+from lf_ext.cache.tier import Tier
+from lf_ext.log import get_logger
+
+COUNTERS = ("lookups", "hits", "misses", "rejections", "verifications", "inserts", "replaced", "promotions", "evictions",
+            "skipped_low_coverage", "skipped_too_large", "disk_hits", "disk_misses", "disk_corrupt",
+            "disk_missing", "disk_writes", "disk_write_errors", "disk_evictions")  # fmt: skip
+
+
+class BackgroundCache:
+    """Thread-safe background cache; see the module docstring for the policy."""
+
+    def __init__(self, max_bytes: int, *, unit_threshold: float = 4.0, min_coverage: float = 0.3,
+                 disk_dir: str | Path | None = None, max_candidates: int = 4, candidate_match: float = 0.75,
+                 disk_max_bytes: int | None = None) -> None:  # fmt: skip
+        if max_bytes < 0 or unit_threshold < 0 or not 0 <= min_coverage <= 1 or max_candidates < 1 or not 0 <= candidate_match <= 1:
+            raise ValueError("need max_bytes >= 0, unit_threshold >= 0, 0 <= min_coverage <= 1, max_candidates >= 1, 0 <= candidate_match <= 1")
+        self.max_bytes, self.unit_threshold, self.min_coverage = int(max_bytes), float(unit_threshold), float(min_coverage)
+        self.max_candidates, self.disk_max_bytes = max_candidates, disk_max_bytes
+        self._probes = DEFAULT_PROBES
+        self._lock = threading.Lock()
+        self._memory = Tier(probe_tolerance(unit_threshold), candidate_match)  # least recently used first
+        self._on_disk = Tier(probe_tolerance(unit_threshold), candidate_match)  # oldest write first
+        self._counts = dict.fromkeys(COUNTERS, 0)
+        self._disk = DiskTier(disk_dir) if disk_dir is not None else None
+        if self._disk is not None:
+            self._load_disk_index()
+
+    # ----------------------------------------------------------------- public API
+    def lookup(self, context_key: str, units: np.ndarray) -> CacheHit | None:
+        """A verified hit for ``units`` (rows, cols, u, u, 3) uint8 under ``context_key``, or None."""
+        if not isinstance(context_key, str):
+            raise TypeError(f"context_key must be a str, got {type(context_key).__name__}")
+        units = check_units(units)
+        key = (context_key, units.shape[0], units.shape[1], units.shape[2])
+        fp = fingerprint(units, self._probes)
+        with self._lock:
+            candidates, near = self._memory.query(key, fp, self.max_candidates)
+        hit, tried = self._verify(candidates, units, "memory")
+        if hit is None and self._disk is not None:
+            hit, disk_near, disk_tried = self._lookup_disk(key, fp, units)
+            near, tried = near + disk_near, tried + disk_tried
+        with self._lock:
+            self._count_lookup(hit, near, tried)
+        return hit
+
+    def insert(self, context_key: str, units: np.ndarray, labels: np.ndarray, payload: dict[str, torch.Tensor]) -> str | None:
+        """Store ``payload`` for the background (``labels`` False) of ``units``; returns the entry id,
+        or None when B covers less than ``min_coverage`` or the entry exceeds ``max_bytes``."""
+        units = check_units(units)
+        background = ~check_labels(labels, units.shape[:2])
+        check_payload(payload)
+        nbytes = payload_nbytes(payload) + int(background.sum()) * units[0, 0].nbytes
+        skip = "skipped_low_coverage" if background.mean() < self.min_coverage else "skipped_too_large" if nbytes > self.max_bytes else None
+        if skip:
+            with self._lock:
+                self._counts[skip] += 1
+            return None
+        entry = build_entry(context_key, units, labels, payload, self._probes)
+        self._admit(entry, "inserts")
+        return entry.entry_id
+
+    def stats(self) -> dict[str, int | float]:
+        """Counters and sizes. ``lookups == hits + misses + rejections``; ``verifications`` counts
+        exact pixel checks; ``disk_hits`` are included in ``hits``; ``disk_misses`` counts lookups
+        that also found nothing on disk; ``promotions`` are disk hits moved back to memory;
+        ``bytes``/``disk_bytes`` are the payload + B-pixel bytes in memory / the file sizes on disk."""
+        with self._lock:
+            out: dict[str, int | float] = dict(self._counts)
+            out.update(entries=len(self._memory), bytes=self._memory.nbytes, max_bytes=self.max_bytes,
+                       disk_entries=len(self._on_disk), disk_bytes=self._on_disk.nbytes)  # fmt: skip
+        out["hit_rate"] = out["hits"] / out["lookups"] if out["lookups"] else 0.0
+        return out
+
+    def clear(self) -> None:
+        """Drop every entry, in memory and on disk; counters are kept."""
+        with self._lock:
+            self._memory.clear()
+            for record in self._on_disk.clear():
+                self._disk.remove(record.entry_id)
+
+    def entry_ids(self) -> list[str]:
+        """Ids of the entries in memory, least recently used first."""
+        with self._lock:
+            return list(self._memory.items)
+
+    def __len__(self) -> int:
+        """Number of entries in memory (``stats()['disk_entries']`` counts the disk tier)."""
+        with self._lock:
+            return len(self._memory)
+
+    def __contains__(self, entry_id: str) -> bool:
+        with self._lock:
+            return entry_id in self._memory
+
+    # ----------------------------------------------------------------- lookup helpers
+    def _verify(self, candidates: list[CacheEntry], units: np.ndarray, source: str) -> tuple[CacheHit | None, int]:
+        """First candidate whose every B unit is within the threshold; (hit or None, number tried)."""
+        for tried, entry in enumerate(candidates, 1):
+            distance = entry.distance(units, stop_above=self.unit_threshold)
+            if distance <= self.unit_threshold:
+                return CacheHit(entry.entry_id, entry.background, entry.payload, distance, source), tried
+        return None, len(candidates)
+
+    def _lookup_disk(self, key: IndexKey, fp: np.ndarray, units: np.ndarray) -> tuple[CacheHit | None, int, int]:
+        with self._lock:
+            records, near = self._on_disk.query(key, fp, self.max_candidates)
+        tried = 0
+        for record in records:
+            entry = self._read(record)
+            if entry is None:
+                near -= 1  # an unreadable file is no candidate: the lookup may end as a miss
+                continue
+            hit, n = self._verify([entry], units, "disk")
+            tried += n
+            if hit is not None:
+                if entry.nbytes <= self.max_bytes:  # promote to memory; this drops the disk copy
+                    self._admit(entry, "promotions")
+                return hit, near, tried
+        return None, near, tried
+
+    def _read(self, record: DiskRecord) -> CacheEntry | None:
+        """The entry of ``record``, or None (counted, and the file removed) if missing or corrupt."""
+        try:
+            return self._disk.read(record)
+        except CorruptEntryError as err:
+            counter, reason = "disk_corrupt", err
+        except OSError as err:  # FileNotFoundError included
+            counter, reason = "disk_missing", err
+        with self._lock:
+            if self._on_disk.items.get(record.entry_id) is record:  # else another thread moved it meanwhile
+                get_logger().warning("background cache: dropping disk entry %s (%s): %s", record.entry_id, counter, reason)
+                self._counts[counter] += 1
+                self._on_disk.pop(record.entry_id)
+                self._disk.remove(record.entry_id)
+        return None
+
+    def _count_lookup(self, hit: CacheHit | None, near: int, tried: int) -> None:
+        c = self._counts
+        c["lookups"] += 1
+        c["verifications"] += tried
+        if hit is not None:
+            c["hits"] += 1
+            c["disk_hits"] += hit.source == "disk"
+            self._memory.touch(hit.entry_id)
+            return
+        c["rejections" if near > 0 else "misses"] += 1
+        c["disk_misses"] += self._disk is not None
+
+    # ----------------------------------------------------------------- storage
+    def _admit(self, entry: CacheEntry, counter: str) -> None:
+        """Add or replace ``entry`` in memory, evict least recently used entries to fit, spill them."""
+        evicted = []
+        with self._lock:
+            replaced = self._memory.add(entry)
+            self._counts["replaced" if replaced is not None else counter] += 1
+            if self._on_disk.pop(entry.entry_id) is not None:
+                self._disk.remove(entry.entry_id)
+            while self._memory.nbytes > self.max_bytes:  # never reaches entry: it fits max_bytes alone
+                evicted.append(self._memory.pop_oldest())
+                self._counts["evictions"] += 1
+        self._spill(evicted)
+
+    def _spill(self, evicted: list[CacheEntry]) -> None:
+        """Write entries evicted from memory to the disk tier, if there is one (lock not held)."""
+        if self._disk is None:
+            return
+        for entry in evicted:
+            try:
+                record = self._disk.write(entry)
+            except OSError as err:
+                get_logger().warning("background cache: cannot write entry %s: %s", entry.entry_id, err)
+                with self._lock:
+                    self._counts["disk_write_errors"] += 1
+                continue
+            with self._lock:
+                self._counts["disk_writes"] += 1
+                if entry.entry_id in self._memory:  # re-inserted while we were writing
+                    self._disk.remove(entry.entry_id)
+                else:
+                    self._on_disk.add(record)
+                    self._trim_disk()
+
+    def _trim_disk(self) -> None:
+        """Delete the oldest disk entries beyond ``disk_max_bytes`` (lock held)."""
+        while self.disk_max_bytes is not None and self._on_disk.nbytes > self.disk_max_bytes:
+            self._disk.remove(self._on_disk.pop_oldest().entry_id)
+            self._counts["disk_evictions"] += 1
+
+    def _load_disk_index(self) -> None:
+        """Index the files already in ``disk_dir``; unreadable headers are counted and deleted."""
+        records, corrupt = self._disk.scan()
+        for path in corrupt:
+            get_logger().warning("background cache: removing unreadable file %s", path)
+            self._disk.remove_path(path)
+        self._counts["disk_corrupt"] += len(corrupt)
+        for record in records:
+            _, rows, cols, _ = record.key
+            if len(record.probes) != len(probe_positions(rows, cols, self._probes)[0]):
+                self._counts["disk_corrupt"] += 1
+                self._disk.remove(record.entry_id)
+                continue
+            self._on_disk.add(record)
+        self._trim_disk()
