@@ -90,10 +90,27 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
             generate_scenes(scenes, seed=0)
         run_bench_masks(scenes, args.json, yolo_weights=args.yolo_weights, limit=args.limit)
+    elif args.bench_command == "cache":
+        from lf_ext.bench.cache_lookup import run_bench_cache_lookup
+
+        run_bench_cache_lookup(args.json, entries=args.entries)
     elif args.bench_command == "train":
         from lf_ext.bench.train import run_bench_train
 
         run_bench_train(args.json, shapes=tuple(args.shapes.split(",")), steps=args.steps)
+    return 0
+
+
+def _cmd_yolo_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lf_ext.masks.yolo_train import train_yolo
+
+    scenes = Path(args.scenes)
+    if not (scenes / "scenes_train.json").exists():
+        raise ValueError(f"{scenes} holds no scenes (run `lf-ext scenes --out {scenes}` first)")
+    weights = train_yolo(scenes, args.out, epochs=args.epochs, imgsz=args.imgsz, seed=args.seed)
+    print(f"trained YOLO segmenter: {weights}\nuse it with bgobj_mask_provider: yolo, bgobj_yolo_weights: {weights}")
     return 0
 
 
@@ -146,6 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--image-max-pixels", type=int, default=768 * 768)
     pre.set_defaults(func=_cmd_masks_precompute, takes_bgobj=True)
 
+    yolo = sub.add_parser("yolo-train", help="train a small YOLO segmenter on the scenes (CPU, offline)")
+    yolo.add_argument("--scenes", required=True, help="a folder written by `lf-ext scenes`")
+    yolo.add_argument("--out", required=True)
+    yolo.add_argument("--epochs", type=int, default=30)
+    yolo.add_argument("--imgsz", type=int, default=320)
+    yolo.add_argument("--seed", type=int, default=0)
+    yolo.set_defaults(func=_cmd_yolo_train)
+
     bench = sub.add_parser("bench", help="benchmarks: print a table and write JSON").add_subparsers(
         dest="bench_command", required=True)  # fmt: skip
     bench_masks = bench.add_parser("masks", help="token-unit IoU and latency per mask provider on held-out scenes")
@@ -160,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--shapes", default="tiny,small", help="comma-separated: tiny, small")
     bench_train.add_argument("--steps", type=int, default=12, help="steps per run (the first 2 are warm-up)")
     bench_train.set_defaults(func=_cmd_bench)
+
+    bench_cache = bench.add_parser("cache", help="background cache lookup latency with many entries")
+    bench_cache.add_argument("--json", required=True)
+    bench_cache.add_argument("--entries", type=int, default=10000)
+    bench_cache.set_defaults(func=_cmd_bench)
 
     demo = sub.add_parser("demo", help="stock vs bgobj stages on the scenes, through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")

@@ -187,3 +187,21 @@ def train_yolo(scenes_dir: str | Path, out_dir: str | Path, *, epochs: int = 30,
     if progress:
         print(f"yolo: trained {epochs} epochs at imgsz {imgsz} in {time.perf_counter() - start:.0f}s -> {best}")
     return best
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m lf_ext.masks.yolo_train --scenes DIR --out DIR [--epochs N ...]``; prints best.pt."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", required=True, help="folder made by lf_ext.scenes.generate_scenes")
+    parser.add_argument("--out", required=True, help="output folder (dataset + run); keep it out of the repo")
+    for name, default in (("epochs", 30), ("imgsz", 320), ("batch", 16), ("seed", 0)):
+        parser.add_argument(f"--{name}", type=int, default=default)
+    args = parser.parse_args(argv)
+    best = train_yolo(args.scenes, args.out, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed)
+    print(best)
+
+
+if __name__ == "__main__":
+    main()
