@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train = bench.add_parser("train", help="training step time, qwen2_vl_bgobj vs qwen2_vl")
     bench_train.add_argument("--json", required=True)
     bench_train.add_argument("--shapes", default="tiny,small", help="comma-separated: tiny, small")
-    bench_train.add_argument("--steps", type=int, default=12, help="steps per run (the first 2 are warm-up)")
+    bench_train.add_argument("--steps", type=int, default=8, help="steps per run (the first 2 are warm-up)")
     bench_train.set_defaults(func=_cmd_bench)
 
     bench_cache = bench.add_parser("cache", help="background cache lookup latency with many entries")

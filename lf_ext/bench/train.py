@@ -36,8 +36,8 @@ def time_steps(args: dict, workdir: Path) -> list[float]:
     return json.loads(out_file.read_text())["step_seconds"]
 
 
-def run_bench_train(json_out: str | Path, shapes=("tiny", "small"), steps: int = 12, warmup: int = 2,
-                    batch: int = 4, image_px: int = 448, scenes_dir: str | Path | None = None) -> list[dict]:  # fmt: skip
+def run_bench_train(json_out: str | Path, shapes=("tiny", "small"), steps: int = 8, warmup: int = 2,
+                    batch: int = 2, image_px: int = 448, scenes_dir: str | Path | None = None) -> list[dict]:  # fmt: skip
     from lf_ext.scenes import generate_scenes
     from lf_ext.tiny.checkpoint import build_checkpoint
 
