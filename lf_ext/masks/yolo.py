@@ -189,6 +189,13 @@ class YoloMaskProvider:
                      mode: str = "union", imgsz: int = 448, device: str = "cpu") -> "YoloMaskProvider":
         return cls(weights, classes=classes, conf=conf, mode=mode, imgsz=imgsz, device=device)
 
+    @classmethod
+    def from_settings(cls, settings: Any, **context: Any) -> "YoloMaskProvider":
+        """Build from the ``bgobj_yolo_*`` keys (the weights path was checked when the keys were parsed)."""
+        classes = [int(c) for c in settings.bgobj_yolo_classes.split(",") if c.strip()] or None
+        return cls(settings.bgobj_yolo_weights, classes=classes, conf=settings.bgobj_yolo_conf,
+                   mode=settings.bgobj_yolo_mode)
+
     def predict(self, image: Any) -> Any:
         """The ultralytics ``Results`` for one RGB PIL image (quiet, masks at the image's size)."""
         with torch_state_kept():
