@@ -44,9 +44,10 @@ def test_missing_mask_with_error_fallback_names_the_image(tmp_path, tiny_dir, sc
     assert "unmasked_0.png: no mask for this image" in proc.stdout
 
 
-def test_webui_offers_the_bgobj_template():
+def test_webui_offers_the_bgobj_template(tmp_path, monkeypatch):
     from llamafactory.webui.interface import create_ui
 
+    monkeypatch.chdir(tmp_path)  # LlamaBoard writes llamaboard_cache/ in the working directory
     demo = create_ui()
     choices = [
         [c[0] if isinstance(c, (tuple, list)) else c for c in block.choices]
