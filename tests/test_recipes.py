@@ -26,4 +26,7 @@ def test_recipe_parses_and_documents_its_command(recipe: Path):
     assert "Reads:" in text.split("\n\n")[0], "the header must say which stage output it reads"
     rest, found = split_bgobj_args(yaml.safe_load(text))
     parse_bgobj_args(found)
+    if "deepspeed" in rest:  # GPU recipes: the config must exist; parse the keys on this CPU without it
+        assert (REPO_ROOT / rest.pop("deepspeed")).is_file()
+    rest["bf16"] = False
     HfArgumentParser(_TRAIN_ARGS).parse_dict(rest, allow_extra_keys=False)
