@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="stock vs bgobj stages on the scenes, through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")
     demo.add_argument("--steps", type=int, default=None, help="base training steps (extra budget: a third of it)")
-    demo.add_argument("--masks", default="yolo", choices=["yolo", "dataset"], help="mask provider for bgobj")
+    demo.add_argument("--masks", default="dataset", choices=["dataset", "yolo"],
+                      help="bgobj masks: the scenes' own, or a YOLO segmenter trained on them first (slow)")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,9 +1,10 @@
 """The README's demo: a stock baseline and the bgobj stages on the synthetic scenes, via ``llamafactory-cli``.
 
-1. a tiny random Qwen2-VL and the scenes; a YOLO segmenter trained on the scenes (cached);
+1. a tiny random Qwen2-VL and the scenes; masks from the scenes (or, with ``masks="yolo"``, from a
+   YOLO segmenter trained on them first and cached);
 2. *base*: the stock template trained from scratch (the stand-in for a pretrained VLM);
 3. from base, the same extra budget twice: *stock* continues with the stock template, *bgobj* runs
-   stage 1 (bgobj modules) then stage 2 (LoRA) with YOLO masks, then ``llamafactory-cli export``;
+   stage 1 (bgobj modules) then stage 2 (LoRA), then ``llamafactory-cli export``;
 4. both answer the test questions through LLaMA-Factory's ChatModel; accuracies are printed.
 """
 
@@ -71,7 +72,7 @@ def mask_settings(work: Path, scenes: Path, masks: str) -> dict[str, str]:
 
 
 def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int | None = None,
-             masks: str = "yolo") -> int:  # fmt: skip
+             masks: str = "dataset") -> int:  # fmt: skip
     """Build, train stock and bgobj with the same budget, answer test questions and print a report."""
     from lf_ext.evaluate import exact_match, load_records, majority_baseline
     from lf_ext.scenes import generate_scenes
