@@ -71,6 +71,13 @@ def mask_settings(work: Path, scenes: Path, masks: str) -> dict[str, str]:
     return {"bgobj_mask_provider": "yolo", "bgobj_yolo_weights": str(weights), "bgobj_mask_fallback": "none"}
 
 
+def eval_mask_settings(keys: dict[str, str], scenes: Path) -> dict[str, str]:
+    """At answer time the 'dataset' provider finds the test images' masks through these LF data keys."""
+    if keys["bgobj_mask_provider"] != "dataset":
+        return keys
+    return dict(keys, dataset_dir=str(scenes), dataset="scenes_test", bgobj_mask_fallback="error")
+
+
 def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int | None = None,
              masks: str = "dataset") -> int:  # fmt: skip
     """Build, train stock and bgobj with the same budget, answer test questions and print a report."""
@@ -99,7 +106,7 @@ def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_l
     test = load_records(scenes, "scenes_test.json", limit=eval_limit)
     results = {
         "stock": exact_match(stock, "qwen2_vl", scenes, test),
-        "bgobj": exact_match(merged, "qwen2_vl_bgobj", scenes, test, extra_args=keys),
+        "bgobj": exact_match(merged, "qwen2_vl_bgobj", scenes, test, extra_args=eval_mask_settings(keys, scenes)),
     }
     baseline = majority_baseline(load_records(scenes, "scenes_train.json"), test)
     _print_report(base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, time.time() - t0)

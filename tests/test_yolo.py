@@ -174,7 +174,8 @@ def test_train_tiny_then_predict(scenes_dir, tmp_path, no_network):
     threads = torch.get_num_threads()
     best = train_yolo(scenes_dir, tmp_path / "yolo", epochs=1, imgsz=160, batch=4, seed=0, progress=False)
     assert best.is_file() and best.suffix == ".pt" and tmp_path in best.parents
-    provider = YoloMaskProvider.from_options(str(best), conf=0.0, imgsz=160)
+    provider = YoloMaskProvider.from_options(str(best), conf=0.0)
+    assert provider.imgsz == 160  # inference size defaults to the training size stored in the checkpoint
     rel = next(iter(scene_images(scenes_dir, "test")))
     image = Image.open(scenes_dir / rel).convert("RGB").resize((196, 168))
     for mode in ("union", "top1"):

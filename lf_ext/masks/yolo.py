@@ -138,13 +138,13 @@ def mask_from_result(result: Any, size: tuple[int, int], *, conf: float = 0.25,
     return out
 
 
-def _validate(classes: Sequence[int] | None, conf: float, mode: str, imgsz: int) -> list[int] | None:
+def _validate(classes: Sequence[int] | None, conf: float, mode: str, imgsz: int | None) -> list[int] | None:
     if mode not in MODES:
         raise ValueError(f"yolo mask provider: mode must be one of {MODES}, got {mode!r}")
     if isinstance(conf, bool) or not isinstance(conf, (int, float)) or not 0.0 <= conf <= 1.0:
         raise ValueError(f"yolo mask provider: conf must be a number in [0, 1], got {conf!r}")
-    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32:
-        raise ValueError(f"yolo mask provider: imgsz must be an integer >= 32, got {imgsz!r}")
+    if imgsz is not None and (isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz < 32):
+        raise ValueError(f"yolo mask provider: imgsz must be an integer >= 32 or None, got {imgsz!r}")
     if classes is None:
         return None
     if isinstance(classes, (str, bytes)) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
@@ -173,20 +173,31 @@ def load_yolo(weights: str | Path) -> Any:
     return model
 
 
+def trained_imgsz(model: Any, fallback: int = 448) -> int:
+    """The square image size a checkpoint was trained at (ultralytics keeps it), else ``fallback``."""
+    size = getattr(model, "overrides", {}).get("imgsz")
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 32 else fallback
+
+
 @register_mask_provider("yolo")
 class YoloMaskProvider:
-    """Object masks predicted by a YOLO segmentation (instance masks) or detection (filled boxes) model."""
+    """Object masks predicted by a YOLO segmentation (instance masks) or detection (filled boxes) model.
+
+    ``imgsz`` is the inference size; ``None`` uses the size the checkpoint was trained at (256 for
+    :func:`lf_ext.masks.yolo_train.train_yolo`'s default), or 448 when the checkpoint does not say.
+    """
 
     def __init__(self, weights: str | Path, classes: Sequence[int] | None = None, conf: float = 0.25,
-                 mode: str = "union", imgsz: int = 448, device: str = "cpu") -> None:
+                 mode: str = "union", imgsz: int | None = None, device: str = "cpu") -> None:
         self.classes = _validate(classes, conf, mode, imgsz)
-        self.conf, self.mode, self.imgsz, self.device = float(conf), mode, imgsz, device
+        self.conf, self.mode, self.device = float(conf), mode, device
         self.model = load_yolo(weights)
+        self.imgsz = imgsz or trained_imgsz(self.model)
         self.weights = str(Path(weights).expanduser().resolve())
 
     @classmethod
     def from_options(cls, weights: str, classes: list[int] | None = None, conf: float = 0.25,
-                     mode: str = "union", imgsz: int = 448, device: str = "cpu") -> "YoloMaskProvider":
+                     mode: str = "union", imgsz: int | None = None, device: str = "cpu") -> "YoloMaskProvider":
         return cls(weights, classes=classes, conf=conf, mode=mode, imgsz=imgsz, device=device)
 
     @classmethod
