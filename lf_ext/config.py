@@ -63,6 +63,21 @@ class BgObjArguments:
     bgobj_split_projector: bool = _key(False, "Separate background and object projectors (copies of the merger, "
                                        "trained in stage 1). Only when a checkpoint first gets bgobj.")
 
+    # training for background reuse
+    bgobj_sibling_prob: float = _key(0.0, "Training: probability that an image's background tokens come from a "
+                                     "sibling image sharing its background (as a cache hit would serve them); 0 = off.")
+
+    # background cache (inference: chat, api, webchat, lf_ext.inference)
+    bgobj_cache: bool = _key(True, "Inference: reuse the background tokens and prefix KV of verified matching "
+                             "backgrounds (single-image requests with a bgobj template).")
+    bgobj_cache_max_mb: float = _key(2048.0, "Inference: memory bound of the background cache in MiB.")
+    bgobj_cache_unit_threshold: float = _key(4.0, "Inference: a cached background is reused only if every one of its "
+                                             "units is within this mean absolute pixel difference (0-255).")
+    bgobj_cache_min_coverage: float = _key(0.3, "Inference: backgrounds covering less than this fraction of the "
+                                           "image's units are not cached.")
+    bgobj_cache_dir: str = _key("", "Inference: folder of the optional disk tier (safetensors); empty = memory only.")
+    bgobj_cache_disk_max_mb: float = _key(0.0, "Inference: bound of the disk tier in MiB; 0 = unbounded.")
+
     def __post_init__(self):
         _check_ranges(self)
 
@@ -72,6 +87,13 @@ def _check_ranges(s: "BgObjArguments") -> None:
 
     if s.bgobj_prefusion_layers < 0:
         raise BgObjConfigError(f"bgobj_prefusion_layers must be >= 0, got {s.bgobj_prefusion_layers}.")
+    if not 0.0 <= s.bgobj_sibling_prob <= 1.0:
+        raise BgObjConfigError(f"bgobj_sibling_prob must be in [0, 1], got {s.bgobj_sibling_prob}.")
+    for name in ("bgobj_cache_max_mb", "bgobj_cache_unit_threshold", "bgobj_cache_disk_max_mb"):
+        if getattr(s, name) < 0:
+            raise BgObjConfigError(f"{name} must be >= 0, got {getattr(s, name)}.")
+    if not 0.0 <= s.bgobj_cache_min_coverage <= 1.0:
+        raise BgObjConfigError(f"bgobj_cache_min_coverage must be in [0, 1], got {s.bgobj_cache_min_coverage}.")
     if s.bgobj_mask_margin < 0:
         raise BgObjConfigError(f"bgobj_mask_margin must be >= 0, got {s.bgobj_mask_margin}.")
     if not 0.0 <= s.bgobj_unit_coverage < 1.0:
