@@ -84,6 +84,10 @@ class BackgroundCache:
     # ----------------------------------------------------------------- public API
     def lookup(self, context_key: str, units: np.ndarray) -> CacheHit | None:
         """A verified hit for ``units`` (rows, cols, u, u, 3) uint8 under ``context_key``, or None."""
+        return self.lookup_outcome(context_key, units)[0]
+
+    def lookup_outcome(self, context_key: str, units: np.ndarray) -> tuple[CacheHit | None, str]:
+        """Like :meth:`lookup`, plus what the lookup was: "hit", "miss" or "rejection"."""
         if not isinstance(context_key, str):
             raise TypeError(f"context_key must be a str, got {type(context_key).__name__}")
         units = check_units(units)
@@ -97,7 +101,7 @@ class BackgroundCache:
             near, tried = near + disk_near, tried + disk_tried
         with self._lock:
             self._count_lookup(hit, near, tried)
-        return hit
+        return hit, "hit" if hit is not None else "rejection" if near > 0 else "miss"
 
     def insert(self, context_key: str, units: np.ndarray, labels: np.ndarray, payload: dict[str, torch.Tensor]) -> str | None:
         """Store ``payload`` for the background (``labels`` False) of ``units``; returns the entry id,

@@ -166,7 +166,10 @@ def _run_tower(
     """
     device = pixel_values.device
     patch_index = _expand_units(unit_order, visual.spatial_merge_size**2).to(device)
-    hidden_states = visual.patch_embed(pixel_values)[patch_index]
+    if patch_index.numel() == pixel_values.shape[0]:
+        hidden_states = visual.patch_embed(pixel_values)[patch_index]
+    else:  # a subset of the units: embed only their patches (the embedding is per patch)
+        hidden_states = visual.patch_embed(pixel_values[patch_index])
     rotary_pos_emb = visual.rot_pos_emb(grid_thw).to(device)[patch_index]
     emb = torch.cat((rotary_pos_emb, rotary_pos_emb), dim=-1)
     position_embeddings = (emb.cos(), emb.sin())
@@ -207,7 +210,51 @@ def separated_vision_forward(
     return _run_tower(visual, pixel_values, grid_thw, windows.unit_order, block_cu, windows.output_index, merge, layout.labels)
 
 
+def _keep_units(order: torch.Tensor, seg_lengths: tuple[int, ...], keep: torch.Tensor, unit_size: int
+                ) -> tuple[torch.Tensor, tuple[int, ...]]:  # fmt: skip
+    """Drop the units with ``keep`` False from a processing order and its segments (in patches)."""
+    seg_of = torch.repeat_interleave(torch.arange(len(seg_lengths)), torch.tensor(seg_lengths) // unit_size)
+    kept = keep[order]
+    counts = torch.bincount(seg_of[kept], minlength=len(seg_lengths)).tolist()
+    return order[kept], tuple(c * unit_size for c in counts if c)
+
+
+def encode_object_units(
+    visual: nn.Module,
+    pixel_values: torch.Tensor,
+    grid_thw: torch.Tensor,
+    unit_labels: torch.Tensor,
+    merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The object rows of :func:`separated_vision_forward` without computing the background group.
+
+    A background-cache hit needs only these: the background rows come from the cache. Returns
+    ``[Σ object units, out_hidden]``, per image row-major, equal to the object part of the full
+    forward (the groups never interact) up to floating-point summation order.
+    """
+    layout = group_layout(grid_thw, unit_labels, visual.spatial_merge_size)
+    device, unit_size = pixel_values.device, visual.spatial_merge_size**2
+    if pixel_values.shape[0] != sum(t * h * w for t, h, w in layout.grids):
+        raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows, grid_thw does not match")
+    object_perm = layout.unit_perm[layout.labels[layout.unit_perm]]
+    if object_perm.numel() == 0:
+        return pixel_values.new_zeros(0, visual.merger.mlp[-1].out_features)
+    if not hasattr(visual, "get_window_index"):
+        order, groups = _keep_units(layout.unit_perm, layout.seg_lengths, layout.labels, unit_size)
+        return _run_tower(visual, pixel_values, grid_thw, order, [cu_seqlens(groups, device)] * len(visual.blocks),
+                          None, merge, layout.labels)  # fmt: skip
+    windows = window_segments(layout, window_units_of(visual))
+    order, window_lengths = _keep_units(windows.unit_order, windows.window_seg_lengths, layout.labels, unit_size)
+    _, group_lengths = _keep_units(windows.unit_order, windows.group_seg_lengths, layout.labels, unit_size)
+    full, window_cu, group_cu = set(visual.fullatt_block_indexes), cu_seqlens(window_lengths, device), cu_seqlens(group_lengths, device)
+    block_cu = [group_cu if i in full else window_cu for i in range(len(visual.blocks))]
+    position = torch.empty(layout.labels.numel(), dtype=torch.long)
+    position[order] = torch.arange(order.numel())
+    return _run_tower(visual, pixel_values, grid_thw, order, block_cu, position[object_perm], merge, layout.labels)
+
+
 __all__ = [
+    "encode_object_units",
     "GroupLayout",
     "WindowLayout",
     "cu_seqlens",

@@ -1,0 +1,1 @@
+"""Inference with the background cache: reuse of verified backgrounds in ``generate`` and a stream API."""

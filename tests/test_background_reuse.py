@@ -1,0 +1,146 @@
+"""Background reuse in the model (DESIGN §3 invariants 3 and 4): exact hits, no wrong reuse."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bgobj_helpers import encode, load_for_inference, masked_dataset
+from lf_ext.cache import BackgroundCache
+from lf_ext.inference.pixel_units import PixelNorm, image_units
+from lf_ext.inference.reuse import BG_TOKENS, BackgroundReuse
+from lf_ext.models.separated_vision import encode_object_units, separated_vision_forward
+
+ARCHS = ["qwen2_vl", "qwen2_5_vl"]
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def loaded(request, tiny_dir, tmp_path_factory):
+    data = masked_dataset(tmp_path_factory.mktemp(f"reuse_{request.param}"), count=4)
+    # one image whose background differs (a bright stripe in the background region)
+    pixels = np.asarray(Image.open(data / "img0.png")).copy()
+    pixels[:20, :60] = 255 - pixels[:20, :60]
+    Image.fromarray(pixels).save(data / "changed_bg.png")
+    tokenizer_module, template, model = load_for_inference(tiny_dir(request.param), data, bgobj_prefusion_layers=1,
+                                                           bgobj_split_projector=True)  # fmt: skip
+    with torch.no_grad():  # open the prefusion gate so the prefusion KV matters
+        model.model.visual.bgobj.prefusion.gates.fill_(0.7)
+    norm = PixelNorm.from_image_processor(tokenizer_module["processor"].image_processor)
+    return data, tokenizer_module, template, model, norm
+
+
+def _inputs(loaded, name):
+    data, tokenizer_module, template, _, _ = loaded
+    ids, inputs = encode(tokenizer_module, template, [str(data / name)])
+    return ids, inputs["pixel_values"], inputs["image_grid_thw"], inputs["bgobj_unit_labels"]
+
+
+def _reuse(loaded, **cache_args):
+    return BackgroundReuse(loaded[3], BackgroundCache(1 << 30, **cache_args), loaded[4])
+
+
+def test_pixel_units_are_the_resized_image(loaded):
+    data, tokenizer_module, *_ = loaded
+    _, pixel_values, grid, _ = _inputs(loaded, "img1.png")
+    units = image_units(pixel_values, grid, loaded[4])[0]
+    rows, cols = units.shape[:2]
+    resized = np.asarray(Image.open(data / "img1.png").convert("RGB").resize((cols * 28, rows * 28), Image.BICUBIC))
+    as_image = units.transpose(0, 2, 1, 3, 4).reshape(rows * 28, cols * 28, 3)
+    assert np.abs(as_image.astype(int) - resized.astype(int)).mean() < 2.0  # same picture, up to resize rounding
+
+
+def test_object_only_encoding_equals_the_object_rows(loaded):
+    model = loaded[3]
+    _, pixel_values, grid, labels = _inputs(loaded, "img1.png")
+    visual = model.model.visual
+    merge = lambda h, o: visual.bgobj("merge", h, o)  # noqa: E731
+    full = separated_vision_forward(visual, pixel_values, grid, labels, merge)
+    objects = encode_object_units(visual, pixel_values, grid, labels, merge)
+    n_obj = int(labels.sum())
+    assert 0 < n_obj < labels.numel()
+    torch.testing.assert_close(objects, full[-n_obj:], rtol=0, atol=1e-5)
+
+
+def test_hit_logits_equal_recompute(loaded):
+    """Invariant 3: a hit equals recomputing the layout from the cached background tokens + new object tokens."""
+    model = loaded[3]
+    reuse = _reuse(loaded)
+    first = reuse.prefill(*_inputs(loaded, "img0.png"))
+    assert first.outcome.kind == "miss" and first.outcome.inserted
+    ids, pixel_values, grid, labels = _inputs(loaded, "img1.png")
+    hit = reuse.prefill(ids, pixel_values, grid, labels)
+    assert hit.outcome.kind == "hit" and hit.outcome.entry_id == first.outcome.entry_id
+    assert hit.outcome.max_unit_distance == 0.0  # the test images share their background exactly
+
+    # recompute without the cache: cached background tokens + freshly encoded object tokens, one full forward
+    (entry_id,) = reuse.cache.entry_ids()
+    cached_bg = reuse.cache.lookup(reuse._context_key(ids[0, : int((ids[0] == reuse.bg_start).nonzero()) + 1],
+                                                      *(int(v) // 2 for v in grid[0, 1:])),
+                                   image_units(pixel_values, grid, loaded[4])[0]).payload[BG_TOKENS]  # fmt: skip
+    visual = model.model.visual
+    objects = separated_vision_forward(visual, pixel_values, grid, hit.unit_labels, lambda h, o: visual.bgobj("merge", h, o))
+    features = torch.cat([cached_bg, objects[-int(hit.unit_labels.sum()) :]])
+    positions, _ = model.model.get_rope_index(hit.input_ids, image_grid_thw=grid, bgobj_unit_labels=hit.unit_labels)
+    with torch.no_grad():
+        hidden = reuse._llm(reuse._embed(hit.input_ids, features), positions, None)
+        recompute = model.lm_head(hidden[:, -1]).float()
+    torch.testing.assert_close(hit.logits, recompute, rtol=0, atol=1e-5)
+
+    # and the model's own forward (no cache at all) on the new image with the hit's layout agrees too
+    with torch.no_grad():
+        out = model(input_ids=hit.input_ids, pixel_values=pixel_values, image_grid_thw=grid,
+                    bgobj_unit_labels=hit.unit_labels, position_ids=positions)  # fmt: skip
+    torch.testing.assert_close(hit.logits, out.logits[:, -1].float(), rtol=0, atol=1e-5)
+
+
+def test_partial_prefill_then_last_token_matches(loaded):
+    """Prefill up to the last token, then feed it through the cache: same next-token logits as one full prefill."""
+    model = loaded[3]
+    reuse = _reuse(loaded)
+    reuse.prefill(*_inputs(loaded, "img0.png"))
+    ids, pixel_values, grid, labels = _inputs(loaded, "img2.png")
+    full = reuse.prefill(ids, pixel_values, grid, labels, use_cache=False)
+    part = reuse.prefill(ids, pixel_values, grid, labels, upto=ids.shape[1] - 1)
+    assert part.outcome.kind == "hit"
+    model.model.rope_deltas = part.rope_deltas
+    with torch.no_grad():
+        out = model(input_ids=part.input_ids[:, -1:], past_key_values=part.past_key_values, use_cache=True)
+    torch.testing.assert_close(out.logits[:, -1].float(), full.logits, rtol=0, atol=1e-5)
+
+
+def test_different_background_is_never_served(loaded):
+    """Invariant 4: a background that differs beyond the threshold is a rejection and is recomputed."""
+    reuse = _reuse(loaded)
+    reuse.prefill(*_inputs(loaded, "img0.png"))
+    ids, pixel_values, grid, labels = _inputs(loaded, "changed_bg.png")
+    result = reuse.prefill(ids, pixel_values, grid, labels)
+    assert result.outcome.kind == "rejection"
+    fresh = reuse.prefill(ids, pixel_values, grid, labels, use_cache=False)
+    torch.testing.assert_close(result.logits, fresh.logits, rtol=0, atol=1e-6)
+    stats = reuse.cache.stats()
+    assert stats["hits"] == 0 and stats["rejections"] == 1 and stats["entries"] == 2
+
+
+def test_generate_with_cache_matches_stock_generate(loaded):
+    """``model.generate`` through the installed cache answers exactly like without it, miss and hit."""
+    from lf_ext.inference.generate import install_background_cache
+
+    data, tokenizer_module, template, model, norm = loaded
+    answers = {}
+    for cached in (False, True):
+        if cached:
+            install_background_cache(model, norm, max_bytes=1 << 30)
+        for name in ("img0.png", "img1.png", "img3.png"):
+            ids, inputs = encode(tokenizer_module, template, [str(data / name)])
+            tokens = (ids[0] == model.config.image_token_id).long()[None]
+            out = model.generate(inputs=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=tokens,
+                                 max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
+                                 **inputs)  # fmt: skip
+            answers[cached, name] = out.sequences[0, ids.shape[1] :].tolist(), torch.stack(out.scores).float()
+    stats = model._lf_ext_background_cache.stats()
+    assert stats["hits"] == 2 and stats["misses"] == 1
+    for name in ("img0.png", "img1.png", "img3.png"):
+        assert answers[True, name][0] == answers[False, name][0], name
+        torch.testing.assert_close(answers[True, name][1], answers[False, name][1], rtol=0, atol=1e-4)
