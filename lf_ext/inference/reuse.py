@@ -91,7 +91,14 @@ class BackgroundReuse:
         self.bg_start, self.bg_end, self.obj_start, self.obj_end = spec["separator_ids"]
         self.image_token = self.model.config.image_token_id
         self.split_projector = bool(spec.get("split_projector"))
-        self.model_key = model_key or model_fingerprint(self.model)
+        self._model_key = model_key
+
+    @property
+    def model_key(self) -> str:
+        """Identity of the weights (computed on first use: LoRA merges happen after installation)."""
+        if not self._model_key:
+            self._model_key = model_fingerprint(self.model)
+        return self._model_key
 
     # ------------------------------------------------------------------ public
     def eligible(self, input_ids: torch.Tensor, image_grid_thw: torch.Tensor | None) -> bool:

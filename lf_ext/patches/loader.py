@@ -109,8 +109,23 @@ def _after_patch_config(result, config, tokenizer, *args, **kwargs) -> None:
     enable_bgobj_config(config, tokenizer)
 
 
-def _after_patch_model(result, model, *args, **kwargs) -> None:
+def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args, **kwargs) -> None:
     prepare_bgobj_model(model)
+    if not is_trainable:
+        install_inference_cache(model, model_args)
+
+
+def install_inference_cache(model, model_args) -> None:
+    """chat / api / webchat: make ``generate`` reuse verified backgrounds (``bgobj_cache_*`` keys)."""
+    from lf_ext.config import active_settings
+    from lf_ext.models.qwen_bgobj import bgobj_spec
+
+    settings = active_settings()
+    if bgobj_spec(model) is None or not settings.bgobj_cache or settings.bgobj_cache_max_mb <= 0:
+        return
+    from lf_ext.inference.generate import cache_from_settings, image_norm_of, install_background_cache
+
+    install_background_cache(model, image_norm_of(model_args.model_name_or_path), cache_from_settings(settings))
 
 
 def _before_init_adapter(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs) -> None:
