@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,28 +23,49 @@ INDEX_FILE = "index.json"
 SPEC_FIELDS = {"masks": "mask", "boxes": "boxes", "polygons": "polygons"}
 
 
-def _key(path: str | Path) -> str:
+def path_key(path: str | Path) -> str:
+    """The form in which image paths are compared (absolute, case-normalised)."""
     return os.path.normcase(os.path.abspath(path))
+
+
+def dataset_names(lf_args: Mapping[str, Any], keys: Iterable[str] = ("dataset", "eval_dataset")) -> list[str]:
+    """Dataset names listed under ``keys`` of LLaMA-Factory arguments (comma-separated strings)."""
+    return [n.strip() for key in keys for n in str(lf_args.get(key) or "").split(",") if n.strip()]
+
+
+def read_datasets(dataset_dir: str | Path, names: Iterable[str]) -> Iterator[list[Mapping[str, Any]]]:
+    """The records of each named local dataset of a LLaMA-Factory ``dataset_info.json`` folder
+    (hub or unknown datasets are skipped: their files are not here)."""
+    info = json.loads((Path(dataset_dir) / "dataset_info.json").read_text())
+    for name in names:
+        if name not in info or "file_name" not in info[name]:
+            continue
+        yield json.loads((Path(dataset_dir) / info[name]["file_name"]).read_text())
+
+
+def record_images(record: Mapping[str, Any], base_dir: str | Path) -> list[str]:
+    """Paths of a record's ``images``, as LLaMA-Factory resolves them (relative to the dataset folder)."""
+    return [str(Path(base_dir) / image) for image in record.get("images") or []]
 
 
 class MaskIndex:
     """Image path -> mask spec (``{"mask": path}``, ``{"boxes": [...]}`` or ``{"polygons": [...]}``)."""
 
     def __init__(self, specs: Mapping[str, Mapping[str, Any]] | None = None):
-        self.specs = {_key(k): dict(v) for k, v in (specs or {}).items()}
+        self.specs = {path_key(k): dict(v) for k, v in (specs or {}).items()}
 
     def __len__(self) -> int:
         return len(self.specs)
 
     def get(self, image_path: str | None) -> dict | None:
-        return self.specs.get(_key(image_path)) if image_path else None
+        return self.specs.get(path_key(image_path)) if image_path else None
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]], base_dir: str | Path) -> "MaskIndex":
         """Read ``masks``/``boxes``/``polygons`` lists parallel to each record's ``images``."""
         specs: dict[str, dict] = {}
         for number, record in enumerate(records):
-            images = record.get("images") or []
+            images = record_images(record, base_dir)
             for field, kind in SPEC_FIELDS.items():
                 values = record.get(field)
                 if values is None:
@@ -55,7 +76,7 @@ class MaskIndex:
                     if value is None:
                         continue
                     value = str(Path(base_dir) / value) if kind == "mask" else value
-                    specs[str(Path(base_dir) / image)] = {kind: value}
+                    specs[image] = {kind: value}
         return cls(specs)
 
     @classmethod
@@ -70,12 +91,8 @@ class MaskIndex:
     @classmethod
     def from_dataset(cls, dataset_dir: str | Path, names: Iterable[str]) -> "MaskIndex":
         """Read the named datasets of a LLaMA-Factory ``dataset_info.json`` folder."""
-        info = json.loads((Path(dataset_dir) / "dataset_info.json").read_text())
         merged = cls()
-        for name in names:
-            if name not in info or "file_name" not in info[name]:
-                continue  # hub or unknown datasets carry no local mask fields
-            records = json.loads((Path(dataset_dir) / info[name]["file_name"]).read_text())
+        for records in read_datasets(dataset_dir, names):
             merged.specs.update(cls.from_records(records, dataset_dir).specs)
         return merged
 
@@ -109,7 +126,7 @@ class DatasetMaskProvider:
         if settings.bgobj_mask_dir:
             return cls(MaskIndex.from_dir(settings.bgobj_mask_dir))
         lf_args = lf_args or {}
-        names = [n.strip() for key in ("dataset", "eval_dataset") for n in str(lf_args.get(key) or "").split(",") if n.strip()]
+        names = dataset_names(lf_args)
         dataset_dir = lf_args.get("dataset_dir", "data")
         if not names or not (Path(dataset_dir) / "dataset_info.json").is_file():
             return cls(MaskIndex())
