@@ -13,6 +13,7 @@ from lf_ext.layout import separated_placeholder
 from lf_ext.masks.base import MaskError
 from lf_ext.masks.geometry import qwen2_vl_grid
 from lf_ext.plugins.image_labels import UnitLabeler, open_original
+from lf_ext.plugins.siblings import SiblingSampler, composite
 
 BGOBJ_KEYS = ("bgobj_unit_labels",)
 
@@ -34,6 +35,7 @@ class Qwen2VLBgObjPlugin(Qwen2VLPlugin):
     """Adds one background/object label per token unit and expands images into the separated layout."""
 
     _labeler: UnitLabeler = field(default_factory=UnitLabeler, repr=False, compare=False)
+    _siblings: SiblingSampler = field(default_factory=SiblingSampler, repr=False, compare=False)
 
     def _get_mm_inputs(self, images, videos, audios, processor):
         opened = [open_original(image, index) for index, image in enumerate(images)]
@@ -46,8 +48,31 @@ class Qwen2VLBgObjPlugin(Qwen2VLPlugin):
                 if grid.shape != (thw[1] // merge, thw[2] // merge):
                     raise MaskError(f"image {index} ({source}): token grid {grid.shape} disagrees with the processor's {thw}")
                 labels.append(torch.from_numpy(self._labeler.labels(image, source, grid).reshape(-1)))
+            if self._siblings.enabled():
+                labels = self._serve_siblings(opened, mm_inputs, labels, processor)
             mm_inputs["bgobj_unit_labels"] = torch.cat(labels).long()
         return mm_inputs
+
+    def _serve_siblings(self, opened, mm_inputs, labels, processor):
+        """``bgobj_sibling_prob``: give chosen images a sibling's background as a cache hit would (see
+        :mod:`lf_ext.plugins.siblings`); the choice depends only on the image, so both calls per sample agree."""
+        ip = processor.image_processor
+
+        def encode(image):
+            single = super(Qwen2VLBgObjPlugin, self)._get_mm_inputs([image], [], [], processor)
+            return single["pixel_values"], tuple(single["image_grid_thw"][0].tolist())
+
+        def label(image, source):
+            return self._labeler.labels(image, source, processor_grid(image, processor))
+
+        pixel_values, start, served = mm_inputs["pixel_values"], 0, list(labels)
+        for index, ((_, source), thw) in enumerate(zip(opened, mm_inputs["image_grid_thw"].tolist())):
+            end = start + thw[0] * thw[1] * thw[2]
+            sibling = self._siblings.choose(source, pixel_values[start:end], tuple(thw), ip, encode, label)
+            if sibling is not None:
+                pixel_values[start:end], served[index] = composite(pixel_values[start:end], sibling, ip.merge_size)
+            start = end
+        return served
 
     def process_messages(self, messages, images, videos, audios, processor):
         """Replace each image placeholder by the separated layout; videos keep the stock layout."""

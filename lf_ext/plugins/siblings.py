@@ -1,0 +1,299 @@
+"""Training on reused backgrounds (``bgobj_sibling_prob``): serve an image the background of a sibling.
+
+What a cache hit serves at inference. For a new image X and a cached sibling S with background unit
+set B_S, the background group is S's encoding of S's own pixels on B_S, and every unit outside B_S is
+encoded from X as the object group. The entry is used only if every unit of B_S of X is within
+``bgobj_cache_unit_threshold`` (mean absolute difference, 0-255, of the processor's pixels) of S's,
+and only backgrounds covering at least ``bgobj_cache_min_coverage`` of the units are cached.
+
+What training does with probability ``bgobj_sibling_prob``: the same thing, exactly. X's
+``pixel_values`` rows of the units in B_S are replaced by S's rows (so the composite is S's processed
+pixels on B_S and X's elsewhere, at the processor's geometry: no resampling is involved), and X's unit
+labels become NOT B_S. Background tokens depend only on background patches (separated encoding), so
+the composite's background tokens are S's, bit for bit, and its object tokens are what the hit would
+encode from X. A sibling is used only if it passes the cache's verification: same token grid, B_S
+non-empty and covering ``bgobj_cache_min_coverage``, the probe fingerprints of
+:mod:`lf_ext.cache.fingerprint` agree on B_S, and :func:`~lf_ext.cache.fingerprint.max_unit_distance`
+over B_S is within the threshold. Otherwise the image is left unchanged (counted).
+
+Candidates, from the training datasets (``dataset`` of the LLaMA-Factory arguments, read like the
+dataset masks, see :mod:`lf_ext.masks.dataset`; eval datasets and chat uploads are never touched):
+
+- the other images of the record's ``meta.sibling_group`` (up to ``MAX_TRIES``, in a random order);
+- for an image without a group, found by fingerprint: the last ``FALLBACK_IMAGES`` ungrouped images of
+  the same original size before it in dataset order (looking back at most ``FALLBACK_WINDOW`` images),
+  nearest first: the images a cache filled in dataset order would hold. Each is checked as a cache
+  lookup checks an entry: probe fingerprints first (cheap, and a mismatch proves a failure), then the
+  exact per-unit distance.
+
+Determinism. The plugin computes an image's tensors twice per sample (token counting during dataset
+preprocessing, perhaps in another process, then the collator's tensors, every epoch), and DDP ranks
+must agree. So the decision is a pure function of (LLaMA-Factory ``seed``, the image's path as written in
+the dataset, the dataset, the settings and the pixels): a ``random.Random`` seeded from a SHA-256 of the
+seed and the path draws whether the image gets a sibling and which candidates to try. It is the same in
+every epoch: a given image always gets the same sibling, or always none. Decisions are memoised per
+process (bounded LRU); the counts logged every ``LOG_EVERY`` decisions and at exit are per process.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import random
+import weakref
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lf_ext.cache.fingerprint import fingerprint, masked_fingerprint, max_unit_distance, probe_tolerance
+from lf_ext.config import active_lf_args, active_settings
+from lf_ext.inference.pixel_units import PixelNorm, image_units
+from lf_ext.log import get_logger
+from lf_ext.masks.base import MaskError
+from lf_ext.masks.dataset import dataset_names, path_key, read_datasets, record_images
+from lf_ext.plugins.image_labels import open_original
+
+logger = get_logger()
+
+MAX_TRIES = 4  # candidates verified per image at most
+FALLBACK_IMAGES = 8  # same-size images before an ungrouped image in dataset order
+FALLBACK_WINDOW = 64  # how far back in dataset order to look for them
+LOG_EVERY = 1000
+_SAMPLERS: "weakref.WeakSet[SiblingSampler]" = weakref.WeakSet()
+
+
+@atexit.register
+def _log_at_exit() -> None:
+    """The final counts of every sampler of this process (skipped if the log stream is already closed)."""
+    if any(getattr(getattr(handler, "stream", None), "closed", False) for handler in logger.handlers):
+        return
+    for sampler in list(_SAMPLERS):
+        sampler.log_counts()
+
+
+# ------------------------------------------------------------------------------------------ the index
+
+
+@dataclass
+class SiblingIndex:
+    """The training images in dataset order, their names as written in the dataset and their groups."""
+
+    paths: list[str] = field(default_factory=list)  # image paths in dataset order (first occurrence)
+    names: list[str] = field(default_factory=list)  # the same images as written in their records
+    group_of: dict[str, str] = field(default_factory=dict)  # path_key -> sibling group
+    members: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # group -> positions
+    position: dict[str, int] = field(default_factory=dict)  # path_key -> position
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def add_records(self, records: Iterable[Mapping[str, Any]], base_dir: str | Path) -> "SiblingIndex":
+        """Add each record's images (``meta.sibling_group`` applies to every image of the record)."""
+        for record in records:
+            group = (record.get("meta") or {}).get("sibling_group")
+            for name, path in zip(record.get("images") or [], record_images(record, base_dir)):
+                key = path_key(path)
+                if key not in self.position:
+                    self.position[key] = len(self.paths)
+                    self.paths.append(path)
+                    self.names.append(str(name))
+                if group and key not in self.group_of:
+                    self.group_of[key] = str(group)
+                    self.members[str(group)].append(self.position[key])
+        return self
+
+    @classmethod
+    def from_dataset(cls, dataset_dir: str | Path, names: Iterable[str]) -> "SiblingIndex":
+        index = cls()
+        for records in read_datasets(dataset_dir, names):
+            index.add_records(records, dataset_dir)
+        return index
+
+    @classmethod
+    def from_lf_args(cls, lf_args: Mapping[str, Any]) -> "SiblingIndex":
+        """The training datasets (``dataset``, not ``eval_dataset``) of LLaMA-Factory arguments."""
+        dataset_dir = Path(lf_args.get("dataset_dir", "data"))
+        names = dataset_names(lf_args, keys=("dataset",))
+        if not names or not (dataset_dir / "dataset_info.json").is_file():
+            return cls()
+        return cls.from_dataset(dataset_dir, names)
+
+    def candidates(self, key: str, rng: random.Random) -> list[str]:
+        """Paths to try for the image ``key``: its group's other images in random order, else its
+        same-size predecessors in dataset order (nearest first)."""
+        at = self.position[key]
+        group = self.group_of.get(key)
+        if group is not None:
+            others = [p for p in self.members[group] if p != at]
+            return [self.paths[p] for p in rng.sample(others, min(MAX_TRIES, len(others)))]
+        size, found = image_size(self.paths[at]), []
+        for p in range(at - 1, max(-1, at - 1 - FALLBACK_WINDOW), -1):
+            if len(found) == FALLBACK_IMAGES:
+                break
+            if path_key(self.paths[p]) not in self.group_of and image_size(self.paths[p]) == size:
+                found.append(self.paths[p])
+        return found
+
+
+@lru_cache(maxsize=65536)
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) from the file header, None if unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError):
+        return None
+
+
+# ------------------------------------------------------------------------------------- verification
+
+
+def pixel_units(pixel_values: torch.Tensor, grid_thw: tuple[int, int, int], image_processor) -> np.ndarray:
+    """One image's ``pixel_values`` block as ``(rows, cols, u, u, 3)`` uint8 units, exactly as the cache
+    at inference sees them (:func:`lf_ext.inference.pixel_units.image_units`)."""
+    return image_units(pixel_values, torch.tensor([grid_thw]), PixelNorm.from_image_processor(image_processor))[0]
+
+
+def background_matches(stored: np.ndarray, background: np.ndarray, units: np.ndarray, threshold: float) -> bool:
+    """Whether ``units`` (an image's) pass a cache hit's verification against ``stored`` (the sibling's,
+    same shape) on the background units ``background`` (rows, cols) bool: probe fingerprints first
+    (a probe off by more than the tolerance proves a failure), then every unit's MAD."""
+    fp_stored = masked_fingerprint(fingerprint(stored), background)
+    checked = fp_stored >= 0
+    if np.any(np.abs(fingerprint(units).astype(np.int16)[checked] - fp_stored[checked]) > probe_tolerance(threshold)):
+        return False
+    index = np.flatnonzero(background.reshape(-1))
+    stored_bg = stored.reshape(-1, *stored.shape[2:])[index]
+    return max_unit_distance(stored_bg, units, index, stop_above=threshold) <= threshold
+
+
+# ----------------------------------------------------------------------------------------- sampling
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """A verified sibling of one image: its path, its ``pixel_values`` block and its background units."""
+
+    source: str
+    pixel_values: torch.Tensor
+    background: np.ndarray  # (rows, cols) bool
+
+
+Encode = Callable[[Image.Image], tuple[torch.Tensor, tuple[int, int, int]]]  # image -> (pixel_values, thw)
+Label = Callable[[Image.Image, str], np.ndarray]  # (image, source) -> object labels (rows, cols)
+
+
+def _is_training(lf_args: Mapping[str, Any]) -> bool:
+    value = lf_args.get("do_train", False)
+    return value.lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
+
+
+class SiblingSampler:
+    """Decides, per training image, whether and from which sibling its background is served, and builds
+    the composite. Holds the index, a bounded memo of decisions and the counts."""
+
+    MEMO_SIZE = 65536
+
+    def __init__(self):
+        self._key = None
+        self._index: SiblingIndex | None = None
+        self._memo: OrderedDict[tuple, str | None] = OrderedDict()
+        self.counts = {"drawn": 0, "with_sibling": 0, "without": 0}
+        self._logged_at = 0
+        _SAMPLERS.add(self)
+
+    # settings -----------------------------------------------------------------------------------
+    def enabled(self) -> bool:
+        """True when ``bgobj_sibling_prob`` > 0 and this process trains (not chat/api/export)."""
+        return active_settings().bgobj_sibling_prob > 0 and _is_training(active_lf_args())
+
+    def index(self) -> SiblingIndex:
+        settings, lf_args = active_settings(), active_lf_args()
+        if self._index is None or self._key is None or self._key[0] is not settings or self._key[1] is not lf_args:
+            self._index, self._key = SiblingIndex.from_lf_args(lf_args), (settings, lf_args)
+            self._memo.clear()
+            logger.info("bgobj_sibling_prob=%s: %d training images, %d in sibling groups", settings.bgobj_sibling_prob,
+                        len(self._index), len(self._index.group_of))  # fmt: skip
+        return self._index
+
+    # decisions ----------------------------------------------------------------------------------
+    def choose(self, source: str | None, pixel_values: torch.Tensor, grid_thw: tuple[int, int, int],
+               image_processor, encode: Encode, label: Label) -> Sibling | None:  # fmt: skip
+        """The sibling whose background this image gets, or None. Pure in its inputs (see module doc)."""
+        index = self.index()
+        key = path_key(source) if source else None
+        if key is None or key not in index.position:
+            return None  # not a training image of the datasets (e.g. an in-memory picture)
+        memo_key = (key, tuple(grid_thw))
+        if memo_key in self._memo:
+            self._memo.move_to_end(memo_key)
+            chosen = self._memo[memo_key]
+            return None if chosen is None else self._load(chosen, grid_thw, image_processor, encode, label)
+        settings = active_settings()
+        seed = str(active_lf_args().get("seed", 42))
+        digest = hashlib.sha256(f"{seed}\0{index.names[index.position[key]]}".encode()).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "big"))
+        sibling = None
+        if rng.random() < settings.bgobj_sibling_prob:
+            units = pixel_units(pixel_values, grid_thw, image_processor)
+            for candidate in index.candidates(key, rng):
+                sibling = self._load(candidate, grid_thw, image_processor, encode, label)
+                if sibling is not None and background_matches(
+                    pixel_units(sibling.pixel_values, grid_thw, image_processor), sibling.background, units,
+                    settings.bgobj_cache_unit_threshold,
+                ):  # fmt: skip
+                    break
+                sibling = None
+            self._count(sibling is not None)
+        self._memo[memo_key] = None if sibling is None else sibling.source
+        while len(self._memo) > self.MEMO_SIZE:
+            self._memo.popitem(last=False)
+        return sibling
+
+    def sibling_of(self, source: str, grid_thw) -> str | None:
+        """The sibling already chosen for ``source`` at this grid in this process (None if none or undecided)."""
+        return self._memo.get((path_key(source), tuple(grid_thw)))
+
+    def _load(self, source: str, grid_thw, image_processor, encode: Encode, label: Label) -> Sibling | None:
+        """The candidate encoded at this grid, if it has one and a large enough background."""
+        try:
+            image, _ = open_original(source, 0)
+            pixel_values, thw = encode(image)
+            if tuple(thw) != tuple(grid_thw):
+                return None
+            background = ~np.asarray(label(image, source), dtype=bool)
+        except MaskError:
+            return None  # an unreadable candidate or one without a mask is no sibling
+        if not background.any() or background.mean() < active_settings().bgobj_cache_min_coverage:
+            return None  # the cache would not store this background
+        return Sibling(source, pixel_values, background)
+
+    def _count(self, found: bool) -> None:
+        self.counts["drawn"] += 1
+        self.counts["with_sibling" if found else "without"] += 1
+        if self.counts["drawn"] - self._logged_at >= LOG_EVERY:
+            self.log_counts()
+
+    def log_counts(self) -> None:
+        if self.counts["drawn"] == self._logged_at:
+            return
+        self._logged_at = self.counts["drawn"]
+        counts = self.counts
+        logger.info("bgobj_sibling_prob: %d images drawn, %d served a sibling's background, %d kept theirs "
+                    "(no verified sibling)", counts["drawn"], counts["with_sibling"], counts["without"])  # fmt: skip
+
+
+def composite(pixel_values: torch.Tensor, sibling: Sibling, merge_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One image's ``pixel_values`` block with the sibling's rows on its background units, and the
+    labels a cache hit gives (object = NOT B_S), flat row-major."""
+    background = torch.from_numpy(sibling.background.reshape(-1))
+    patches = merge_size * merge_size
+    out = pixel_values.clone().view(background.numel(), patches, -1)
+    out[background] = sibling.pixel_values.to(out.dtype).view(background.numel(), patches, -1)[background]
+    return out.view_as(pixel_values), ~background
