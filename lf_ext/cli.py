@@ -78,7 +78,7 @@ def _cmd_masks_precompute(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
+def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
     from pathlib import Path
 
     if args.bench_command == "masks":
@@ -94,6 +94,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         from lf_ext.bench.cache_lookup import run_bench_cache_lookup
 
         run_bench_cache_lookup(args.json, entries=args.entries)
+    elif args.bench_command == "ttft":
+        from lf_ext.bench.ttft import run_bench_ttft
+
+        run_bench_ttft(args.json, plot=args.plot, quick=args.quick, shapes=tuple(args.shapes.split(",")),
+                       sizes=tuple(int(v) for v in args.sizes.split(",")), runs=args.runs, warmup=args.warmup,
+                       fractions=tuple(float(v) for v in args.fractions.split(",")), checkpoints=args.checkpoints)  # fmt: skip
+    elif args.bench_command == "accuracy":
+        from lf_ext.bench.accuracy import run_bench_accuracy
+        from lf_ext.config import split_bgobj_args
+
+        rest, keys = split_bgobj_args(extra)
+        if rest:
+            raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
+        run_bench_accuracy(args.dataset_dir, args.train, args.test, args.json, workdir=args.workdir,
+                           base_steps=args.base_steps, extra_steps=args.extra_steps,
+                           image_max_pixels=args.image_max_pixels, image_min_pixels=args.image_min_pixels,
+                           bgobj_keys=keys, limit=args.limit)  # fmt: skip
     elif args.bench_command == "train":
         from lf_ext.bench.train import run_bench_train
 
@@ -185,6 +202,32 @@ def build_parser() -> argparse.ArgumentParser:
     bench_train.add_argument("--shapes", default="tiny,small", help="comma-separated: tiny, small")
     bench_train.add_argument("--steps", type=int, default=8, help="steps per run (the first 2 are warm-up)")
     bench_train.set_defaults(func=_cmd_bench)
+
+    bench_ttft = bench.add_parser("ttft", help="time to first token: stock layout, bgobj miss, bgobj hit")
+    bench_ttft.add_argument("--json", required=True)
+    bench_ttft.add_argument("--plot", help="also draw TTFT against object fraction to this PNG")
+    bench_ttft.add_argument("--quick", action="store_true", help="only the 2b-shaped, 896 px, 20%% object row")
+    bench_ttft.add_argument("--shapes", default="tiny,2b", help="comma-separated: tiny, small, 2b")
+    bench_ttft.add_argument("--sizes", default="448,896", help="comma-separated image sizes in pixels")
+    bench_ttft.add_argument("--fractions", default="0.05,0.1,0.2,0.4,0.6", help="object fractions")
+    bench_ttft.add_argument("--runs", type=int, default=5, help="recorded runs per row (median)")
+    bench_ttft.add_argument("--warmup", type=int, default=1, help="unrecorded rounds before them")
+    bench_ttft.add_argument("--checkpoints", default="work/bench/checkpoints",
+                            help="where the random checkpoints are built once and reused")
+    bench_ttft.set_defaults(func=_cmd_bench)
+
+    bench_acc = bench.add_parser("accuracy", help="exact match: stock vs bgobj (miss) vs bgobj with forced cache hits")
+    bench_acc.add_argument("--dataset-dir", required=True, help="LLaMA-Factory dataset folder (dataset_info.json)")
+    bench_acc.add_argument("--train", required=True, help="train split name in dataset_info.json")
+    bench_acc.add_argument("--test", required=True, help="test split name in dataset_info.json")
+    bench_acc.add_argument("--json", required=True)
+    bench_acc.add_argument("--workdir", default="work/bench/accuracy")
+    bench_acc.add_argument("--base-steps", type=int, default=300, help="stock training from scratch")
+    bench_acc.add_argument("--extra-steps", type=int, default=100, help="extra budget for stock and for bgobj")
+    bench_acc.add_argument("--image-max-pixels", type=int, default=50176)
+    bench_acc.add_argument("--image-min-pixels", type=int, default=None, help="for datasets of small images")
+    bench_acc.add_argument("--limit", type=int, default=None, help="at most this many test questions")
+    bench_acc.set_defaults(func=_cmd_bench, takes_bgobj=True)
 
     bench_cache = bench.add_parser("cache", help="background cache lookup latency with many entries")
     bench_cache.add_argument("--json", required=True)

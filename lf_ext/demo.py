@@ -11,49 +11,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from lf_ext.adaptation import REPO_ROOT, adapt
 from lf_ext.log import get_logger
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPES = REPO_ROOT / "yaml" / "tiny"
 logger = get_logger()
-
-
-def cli_env() -> dict[str, str]:
-    """Environment for child ``llamafactory-cli`` runs: this venv's bin first (torchrun lives there)."""
-    env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    env.setdefault("DISABLE_VERSION_CHECK", "1")
-    return env
-
-
-def run_llamafactory(command: str, recipe: str | Path, overrides: dict[str, object], log_file: Path) -> None:
-    """Run ``llamafactory-cli COMMAND RECIPE key=value...``; on failure, show the log's tail."""
-    args = ["llamafactory-cli", command, str(recipe)] + [f"{k}={v}" for k, v in overrides.items()]
-    logger.info("running %s (log: %s)", " ".join(args[:3]), log_file)
-    with open(log_file, "w") as log:
-        proc = subprocess.run(args, cwd=REPO_ROOT, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = "".join(log_file.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
-
-
-def read_losses(output_dir: Path) -> list[float]:
-    log = output_dir / "trainer_log.jsonl"
-    return [row["loss"] for row in map(json.loads, log.read_text().splitlines()) if "loss" in row]
-
-
-def _train(work: Path, name: str, recipe: str, steps: int, **overrides) -> tuple[Path, list[float]]:
-    out = work / name
-    overrides = dict(overrides, output_dir=out, max_steps=steps, logging_steps=max(1, min(10, steps // 4)))
-    run_llamafactory("train", RECIPES / recipe, overrides, work / f"{name}.log")
-    return out, read_losses(out)
 
 
 def mask_settings(work: Path, scenes: Path, masks: str) -> dict[str, str]:
@@ -78,6 +42,11 @@ def eval_mask_settings(keys: dict[str, str], scenes: Path) -> dict[str, str]:
     return dict(keys, dataset_dir=str(scenes), dataset="scenes_test", bgobj_mask_fallback="error")
 
 
+def _no_cache(keys: dict) -> dict:
+    """The demo compares answers computed in full; ``lf-ext bench accuracy`` measures the cache's hits."""
+    return dict(keys, bgobj_cache=False)
+
+
 def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int | None = None,
              masks: str = "dataset") -> int:  # fmt: skip
     """Build, train stock and bgobj with the same budget, answer test questions and print a report."""
@@ -94,19 +63,13 @@ def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_l
     if not (scenes / "dataset_info.json").exists():
         generate_scenes(scenes, seed=0)
     keys = mask_settings(work, scenes, masks)
-    common = dict(dataset_dir=scenes)
-    base, base_losses = _train(work, "base", "stock_sft.yaml", base_steps, model_name_or_path=checkpoint, **common)
-    stock, stock_losses = _train(work, "stock", "stock_sft.yaml", extra, model_name_or_path=base, **common)
-    stage1, _ = _train(work, "stage1", "stage1_projector.yaml", extra * 2 // 5, model_name_or_path=base, **common, **keys)
-    stage2, bgobj_losses = _train(work, "stage2_lora", "stage2_lora.yaml", extra - extra * 2 // 5,
-                                  model_name_or_path=stage1, **common, **keys)  # fmt: skip
-    merged = work / "merged"
-    run_llamafactory("export", RECIPES / "export.yaml", dict(model_name_or_path=stage1, adapter_name_or_path=stage2,
-                                                             export_dir=merged), work / "export.log")  # fmt: skip
+    adapted = adapt(work, checkpoint, {"dataset_dir": scenes}, keys, base_steps, extra)
+    stock, merged = adapted.stock, adapted.bgobj
+    base_losses, stock_losses, bgobj_losses = (adapted.losses[k] for k in ("base", "stock", "bgobj"))
     test = load_records(scenes, "scenes_test.json", limit=eval_limit)
     results = {
         "stock": exact_match(stock, "qwen2_vl", scenes, test),
-        "bgobj": exact_match(merged, "qwen2_vl_bgobj", scenes, test, extra_args=eval_mask_settings(keys, scenes)),
+        "bgobj": exact_match(merged, "qwen2_vl_bgobj", scenes, test, extra_args=_no_cache(eval_mask_settings(keys, scenes))),
     }
     baseline = majority_baseline(load_records(scenes, "scenes_train.json"), test)
     _print_report(base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, time.time() - t0)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Callable, ContextManager
 
 from tqdm import tqdm
 
@@ -36,28 +38,37 @@ def majority_baseline(train: list[dict], test: list[dict]) -> float:
     return hits / max(len(test), 1)
 
 
-def exact_match(model_dir: str | Path, template: str, dataset_dir: str | Path, records: list[dict],
-                image_max_pixels: int = 50176, extra_args: dict | None = None) -> dict:  # fmt: skip
-    """Answer each record's question with greedy decoding; return overall and per-type accuracy.
-
-    ``extra_args`` go to LLaMA-Factory's ``ChatModel`` (e.g. ``bgobj_*`` keys for a bgobj model).
-    """
+def open_chat(model_dir: str | Path, template: str, image_max_pixels: int = 50176, extra_args: dict | None = None):
+    """LLaMA-Factory's ``ChatModel`` for greedy short answers; ``extra_args`` e.g. ``bgobj_*`` or ``image_min_pixels``."""
     os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
     from llamafactory.chat import ChatModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_warning()
-
-    chat = ChatModel(dict(model_name_or_path=str(model_dir), template=template, image_max_pixels=image_max_pixels,
+    return ChatModel(dict(model_name_or_path=str(model_dir), template=template, image_max_pixels=image_max_pixels,
                           max_new_tokens=8, do_sample=False, infer_dtype="float32", **(extra_args or {})))  # fmt: skip
+
+
+def record_images(dataset_dir: str | Path, record: dict) -> list[str]:
+    return [str(Path(dataset_dir) / p) for p in record.get("images", [])]
+
+
+def answer_records(chat, dataset_dir: str | Path, records: list[dict],
+                   after: Callable[[int, dict, bool], None] | None = None,
+                   around: Callable[[int, dict], ContextManager] | None = None) -> dict:  # fmt: skip
+    """Answer each record's question; the answer runs inside ``around(index, record)`` if given, then
+    ``after(index, record, correct)`` runs."""
     per_type: dict[str, list[bool]] = defaultdict(list)
     examples = []
-    for rec in tqdm(records, desc="answering", unit="q"):
+    for index, rec in enumerate(tqdm(records, desc="answering", unit="q")):
         question, answer = _question_and_answer(rec)
-        images = [str(Path(dataset_dir) / p) for p in rec.get("images", [])]
-        reply = chat.chat([{"role": "user", "content": question}], images=images or None)[0].response_text
+        images = record_images(dataset_dir, rec)
+        with around(index, rec) if around is not None else contextlib.nullcontext():
+            reply = chat.chat([{"role": "user", "content": question}], images=images or None)[0].response_text
         ok = normalize(reply) == normalize(answer)
         per_type[rec.get("meta", {}).get("question_type", "all")].append(ok)
+        if after is not None:
+            after(index, rec, ok)
         if len(examples) < 5:
             examples.append((question.replace("<image>", ""), answer, reply))
     flat = [ok for oks in per_type.values() for ok in oks]
@@ -67,3 +78,9 @@ def exact_match(model_dir: str | Path, template: str, dataset_dir: str | Path, r
         "per_type": {k: (sum(v) / len(v), len(v)) for k, v in sorted(per_type.items())},
         "examples": examples,
     }
+
+
+def exact_match(model_dir: str | Path, template: str, dataset_dir: str | Path, records: list[dict],
+                image_max_pixels: int = 50176, extra_args: dict | None = None) -> dict:  # fmt: skip
+    """Answer each record's question with greedy decoding; return overall and per-type accuracy."""
+    return answer_records(open_chat(model_dir, template, image_max_pixels, extra_args), dataset_dir, records)

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from lf_ext.bench.report import machine_info, print_table, write_json
-from lf_ext.demo import cli_env
+from lf_ext.adaptation import cli_env
 
 
 def _args(model: Path, scenes: Path, out: Path, template: str, steps: int, batch: int, image_px: int) -> dict:

@@ -32,7 +32,9 @@ deleted), never an exception and never a payload. Memory entries are not written
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -137,6 +139,20 @@ class BackgroundCache:
             self._memory.clear()
             for record in self._on_disk.clear():
                 self._disk.remove(record.entry_id)
+
+    @contextmanager
+    def withheld(self, entry_ids: Iterable[str]) -> Iterator[None]:
+        """Take entries out of memory for the duration of a block (leave-one-out evaluation), then put
+        them back; not counted as evictions or inserts."""
+        with self._lock:
+            taken = [entry for entry in (self._memory.pop(i) for i in set(entry_ids)) if entry is not None]
+        try:
+            yield
+        finally:
+            with self._lock:
+                for entry in taken:
+                    if entry.entry_id not in self._memory:
+                        self._memory.add(entry)
 
     def entry_ids(self) -> list[str]:
         """Ids of the entries in memory, least recently used first."""

@@ -36,19 +36,19 @@ class PixelNorm:
 def image_units(pixel_values: torch.Tensor, grid_thw: torch.Tensor, norm: PixelNorm) -> list[np.ndarray]:
     """One ``(rows, cols, u, u, 3)`` uint8 array per image (``u = merge * patch``), from ``pixel_values``."""
     m, p, t = norm.merge, norm.patch, norm.temporal
-    mean = torch.tensor(norm.mean).view(1, 1, 1, 1, 3)
-    std = torch.tensor(norm.std).view(1, 1, 1, 1, 3)
-    out, offset = [], 0
+    scale = torch.tensor(norm.std).view(1, 3, 1, 1) / norm.rescale
+    offset = torch.tensor(norm.mean).view(1, 3, 1, 1) / norm.rescale
+    out, offset_rows = [], 0
     for frames, h, w in grid_thw.tolist():
         if frames != 1:
             raise ValueError(f"image_units is for single images, got a grid with t={frames}")
         rows, cols = h // m, w // m
-        block = pixel_values[offset : offset + h * w].detach().float().cpu()
+        block = pixel_values[offset_rows : offset_rows + h * w].detach()
         if block.shape[1] != 3 * t * p * p:
             raise ValueError(f"pixel_values rows have {block.shape[1]} values, expected {3 * t * p * p}")
-        block = block.view(rows, cols, m, m, 3, t, p, p)[:, :, :, :, :, 0]  # first temporal copy
-        block = block.permute(0, 1, 2, 5, 3, 6, 4).reshape(rows, cols, m * p, m * p, 3)
-        values = (block * std + mean) / norm.rescale
-        out.append(values.round_().clamp_(0, 255).to(torch.uint8).numpy())
-        offset += h * w
+        first = block.view(h * w, 3, t, p, p)[:, :, 0].float()  # first temporal copy: (patches, 3, p, p)
+        values = torch.addcmul(offset, first, scale).round_().clamp_(0, 255).to(torch.uint8)  # quantise, then move bytes
+        units = values.view(rows, cols, m, m, 3, p, p).permute(0, 1, 2, 5, 3, 6, 4)
+        out.append(units.reshape(rows, cols, m * p, m * p, 3).numpy())
+        offset_rows += h * w
     return out

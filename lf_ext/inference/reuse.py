@@ -108,8 +108,10 @@ class BackgroundReuse:
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor,
-                unit_labels: torch.Tensor, upto: int | None = None, use_cache: bool = True) -> Prefilled:  # fmt: skip
-        """Prefill ``input_ids[:, :upto]`` (all by default); ``use_cache=False`` never looks up or inserts."""
+                unit_labels: torch.Tensor, upto: int | None = None, use_cache: bool = True,
+                lookup: bool = True) -> Prefilled:  # fmt: skip
+        """Prefill ``input_ids[:, :upto]`` (all by default); ``use_cache=False`` never looks up or inserts,
+        ``lookup=False`` inserts without looking up (to fill a cache with chosen entries)."""
         total = _timer()
         layout = self._layout(input_ids)
         upto = input_ids.shape[1] if upto is None else upto
@@ -126,7 +128,8 @@ class BackgroundReuse:
             clock = _timer()
             units = image_units(pixel_values, image_grid_thw, self.norm)[0]
             key = self._context_key(input_ids[0, : layout.bg_start + 1], rows, cols)
-            hit, kind = self.cache.lookup_outcome(key, units)
+            if lookup:
+                hit, kind = self.cache.lookup_outcome(key, units)
             ms["lookup"] = clock()
         if hit is not None:
             labels = torch.from_numpy(hit.object_labels.reshape(-1)).long()

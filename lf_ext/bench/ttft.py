@@ -1,0 +1,241 @@
+"""``lf-ext bench ttft``: time to first token for the stock layout, a bgobj miss and a bgobj hit.
+
+One model instance serves all three (random weights, Qwen2-VL shapes, loaded through LLaMA-Factory's
+loader with the ``qwen2_vl_bgobj`` template): the stock layout runs the stock vision tower over all
+patches and prefills every token; a miss masks the image (reference provider against the empty
+background plate), encodes both groups, prefills the prefix and inserts it, then prefills the rest;
+a hit looks up and verifies the background, encodes the object units only and prefills the tokens
+after ``[BG_END]`` on the cached KV. Every TTFT ends with the first token's logits. The image
+processor's work is the same for all three and is not included.
+
+The *limit* (DESIGN §8) is the unavoidable work of a hit, measured in the same run: the vision tower
+on the object units plus the prefill after the cached prefix. ``limit_speedup = stock / limit``;
+``hit_vs_limit = hit_speedup / limit_speedup`` (1.0 = no overhead). ``token_ratio`` (all prompt tokens
+over the tokens a hit prefills) is the rough guide the issue calls the token-count limit.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lf_ext.bench.report import machine_info, print_table, write_json
+
+FRACTIONS = (0.05, 0.10, 0.20, 0.40, 0.60)
+SIZES = (448, 896)
+SHAPES = ("tiny", "2b")
+QUESTION = "What is the object in the picture?"
+SYSTEM = "You are a helpful assistant."
+UNIT = 28
+
+
+# --------------------------------------------------------------------------- inputs
+def scene_frames(px: int, fraction: float, seed: int = 0) -> dict[str, Any]:
+    """A textured background plate and two frames with different objects on a unit-aligned rectangle
+    covering about ``fraction`` of the units (the 'same camera, new object' case)."""
+    rng = np.random.default_rng(seed)
+    units = px // UNIT
+    y, x = np.mgrid[0:px, 0:px] / px
+    base = np.stack([128 + 90 * np.sin(6 * x + 2 * y), 128 + 90 * np.cos(5 * y), 128 + 60 * np.sin(4 * (x + y))], -1)
+    plate = np.clip(base + rng.normal(0, 18, base.shape), 0, 255).astype(np.uint8)
+    side = max(1, round(units * fraction**0.5))
+    rows, cols = side, min(units, max(1, round(fraction * units * units / side)))
+    top, left = (units - rows) // 2, (units - cols) // 2
+    frames = []
+    for _ in range(2):
+        frame = plate.copy()
+        frame[top * UNIT : (top + rows) * UNIT, left * UNIT : (left + cols) * UNIT] = rng.integers(
+            0, 256, (rows * UNIT, cols * UNIT, 3), dtype=np.uint8)  # fmt: skip
+        frames.append(Image.fromarray(frame))
+    return {"plate": Image.fromarray(plate), "frames": frames, "object_fraction": rows * cols / units**2}
+
+
+def checkpoint(shape: str, root: str | Path) -> Path:
+    """A random Qwen2-VL checkpoint of ``shape`` under ``root`` (built once, offline)."""
+    from lf_ext.tiny.checkpoint import build_checkpoint
+
+    out = Path(root) / f"qwen2_vl-{shape}"
+    if not (out / "config.json").is_file():
+        print(f"building a random {shape} Qwen2-VL checkpoint in {out} (once) ...", flush=True)
+        build_checkpoint("qwen2_vl", out, seed=0, shape=shape)
+    return out
+
+
+def load(model_dir: Path, image_px: int, dtype: str):
+    """Tokenizer, processor and bgobj model exactly as ``llamafactory-cli chat`` loads them."""
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_infer_args
+    from llamafactory.model import load_model, load_tokenizer
+
+    args = dict(model_name_or_path=str(model_dir), template="qwen2_vl_bgobj", infer_dtype=dtype,
+                image_max_pixels=image_px * image_px, bgobj_cache=False)  # fmt: skip
+    model_args, data_args, finetuning_args, _ = get_infer_args(args)
+    tokenizer_module = load_tokenizer(model_args)
+    get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
+    model = load_model(tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False)
+    return tokenizer_module["tokenizer"], tokenizer_module["processor"], model
+
+
+def prompt_ids(tokenizer, image_text: str) -> torch.Tensor:
+    text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|>{image_text}<|vision_end|>"
+            f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+    return torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+
+
+# --------------------------------------------------------------------------- the three paths
+@torch.inference_mode()
+def stock_ttft(model, ids: torch.Tensor, pixel_values: torch.Tensor, grid: torch.Tensor) -> dict[str, float]:
+    """The stock layout: full vision tower, prefill of every token, first-token logits."""
+    start = time.perf_counter()
+    visual = model.model.visual
+    features = visual(pixel_values.to(visual.patch_embed.proj.weight.dtype), grid_thw=grid).pooler_output
+    vision = time.perf_counter()
+    embeds = model.get_input_embeddings()(ids)
+    is_image = (ids == model.config.image_token_id)[..., None].expand_as(embeds)
+    embeds = embeds.masked_scatter(is_image, features.to(embeds.dtype))
+    positions, _ = model.model.get_rope_index(ids, image_grid_thw=grid, attention_mask=torch.ones_like(ids),
+                                              mm_token_type_ids=(ids == model.config.image_token_id).int())  # fmt: skip
+    hidden = model.model.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
+    model.lm_head(hidden[:, -1]).float()
+    end = time.perf_counter()
+    return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def measure_row(tokenizer, processor, model, shape: str, px: int, fraction: float, runs: int, warmup: int) -> dict:
+    """Stock, miss and hit TTFT (medians over ``runs``, after ``warmup`` unrecorded rounds) for one row."""
+    from lf_ext.cache import BackgroundCache
+    from lf_ext.config import parse_bgobj_args
+    from lf_ext.inference.pixel_units import PixelNorm
+    from lf_ext.inference.reuse import BackgroundReuse
+    from lf_ext.layout import separated_placeholder
+    from lf_ext.masks.geometry import qwen2_vl_grid
+    from lf_ext.masks.pipeline import ObjectMasker
+    from lf_ext.masks.reference import ReferenceMaskProvider
+
+    scene = scene_frames(px, fraction)
+    ip = processor.image_processor
+    inputs = [ip(images=[frame], return_tensors="pt") for frame in scene["frames"]]
+    grid = inputs[0]["image_grid_thw"]
+    units = int(grid.prod()) // ip.merge_size**2
+    geometry = qwen2_vl_grid(px, px, image_max_pixels=px * px)
+    settings = parse_bgobj_args({"bgobj_mask_provider": "reference", "bgobj_mask_fallback": "error"})
+    masker = ObjectMasker.from_settings(settings)
+    masker.provider = ReferenceMaskProvider(scene["plate"], settings.bgobj_reference_threshold)
+    stock_ids = prompt_ids(tokenizer, "<|image_pad|>" * units)
+    reuse = BackgroundReuse(model, BackgroundCache(8 << 30), PixelNorm.from_image_processor(ip))
+    samples: dict[str, list] = {k: [] for k in ("stock", "miss", "hit", "mask", "limit")}
+    parts: dict[str, list] = {}
+    for round_ in range(warmup + runs):
+        record = round_ >= warmup
+        reuse.cache.clear()
+        stock = stock_ttft(model, stock_ids, inputs[1]["pixel_values"], grid)
+        outcomes = []
+        for frame, frame_inputs in zip(scene["frames"], inputs):  # frame 0: miss (inserts), frame 1: hit
+            start = time.perf_counter()
+            labels = torch.from_numpy(masker.labels(frame, geometry).reshape(-1)).long()
+            mask_ms = (time.perf_counter() - start) * 1000
+            n_obj = int(labels.sum())
+            ids = prompt_ids(tokenizer, separated_placeholder(units - n_obj, n_obj, "<|image_pad|>"))
+            result = reuse.prefill(ids, frame_inputs["pixel_values"], grid, labels)
+            outcomes.append((result.outcome, mask_ms))
+        (miss, miss_mask_ms), (hit, _) = outcomes
+        if miss.kind != "miss" or hit.kind != "hit":
+            raise RuntimeError(f"expected a miss then a hit, got {miss.kind} then {hit.kind}")
+        if not record:
+            continue
+        samples["stock"].append(stock["total"])
+        samples["miss"].append(miss_mask_ms + miss.ms["total"])
+        samples["mask"].append(miss_mask_ms)
+        samples["hit"].append(hit.ms["total"])  # a hit needs no mask: the entry's background set decides the layout
+        samples["limit"].append(hit.ms["vision"] + hit.ms["prefill"])
+        for name, ms in (("stock", stock), ("miss", miss.ms), ("hit", hit.ms)):
+            for part, value in ms.items():
+                parts.setdefault(f"{name}_{part}_ms", []).append(value)
+    total_tokens = stock_ids.shape[1]
+    suffix_tokens = total_tokens - (int((stock_ids[0] == model.config.vision_start_token_id).nonzero()) + 1) - hit.background_units - 1
+    stock_ms, miss_ms, hit_ms, limit_ms = (_median(samples[k]) for k in ("stock", "miss", "hit", "limit"))
+    return {
+        "arch": "qwen2_vl", "shape": shape, "image_px": px, "object_fraction": round(scene["object_fraction"], 4),
+        "target_fraction": fraction, "units": units, "object_units": hit.object_units, "prompt_tokens": total_tokens,
+        "hit_prefill_tokens": suffix_tokens, "runs": runs,
+        "stock_ms": stock_ms, "miss_ms": miss_ms, "hit_ms": hit_ms, "limit_ms": limit_ms, "mask_ms": _median(samples["mask"]),
+        "hit_speedup": stock_ms / hit_ms, "limit_speedup": stock_ms / limit_ms,
+        "hit_vs_limit": (stock_ms / hit_ms) / (stock_ms / limit_ms), "miss_overhead": miss_ms / stock_ms - 1,
+        "token_ratio": total_tokens / suffix_tokens,
+        "components_ms": {name: _median(values) for name, values in sorted(parts.items())},
+        "samples_ms": samples,
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- driver
+COLUMNS = [("shape", "{}"), ("image_px", "{}"), ("object_fraction", "{:.2f}"), ("prompt_tokens", "{}"),
+           ("stock_ms", "{:.0f}"), ("miss_ms", "{:.0f}"), ("hit_ms", "{:.0f}"), ("limit_ms", "{:.0f}"),
+           ("hit_speedup", "{:.2f}"), ("limit_speedup", "{:.2f}"), ("hit_vs_limit", "{:.2f}"),
+           ("miss_overhead", "{:+.1%}"), ("token_ratio", "{:.1f}")]  # fmt: skip
+
+
+def run_bench_ttft(json_out: str | Path, plot: str | Path | None = None, quick: bool = False,
+                   shapes: tuple[str, ...] = SHAPES, sizes: tuple[int, ...] = SIZES,
+                   fractions: tuple[float, ...] = FRACTIONS, runs: int = 5, warmup: int = 1,
+                   checkpoints: str | Path = "work/bench/checkpoints") -> list[dict]:  # fmt: skip
+    """Measure every (shape, size, fraction) row, print the table, write JSON (and the plot)."""
+    if quick:
+        shapes, sizes, fractions = ("2b",), (896,), (0.20,)
+    torch.manual_seed(0)
+    rows = []
+    for shape in shapes:
+        model_dir = checkpoint(shape, checkpoints)
+        dtype = "bfloat16" if shape == "2b" else "float32"
+        for px in sizes:
+            tokenizer, processor, model = load(model_dir, px, dtype)
+            for fraction in fractions:
+                started = time.perf_counter()
+                row = measure_row(tokenizer, processor, model, shape, px, fraction, runs, warmup)
+                row["dtype"] = dtype
+                rows.append(row)
+                print(f"  {shape} {px}px {fraction:.0%}: stock {row['stock_ms']:.0f} ms, miss {row['miss_ms']:.0f} ms, "
+                      f"hit {row['hit_ms']:.0f} ms ({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
+            del model
+    print("\nTTFT (ms, median of %d runs after %d warm-up; same process, interleaved stock/miss/hit)" % (runs, warmup))
+    print_table(rows, COLUMNS)
+    write_json(json_out, {"benchmark": "ttft", "machine": machine_info(), "quick": quick, "rows": rows})
+    if plot:
+        plot_ttft(rows, plot)
+    return rows
+
+
+def plot_ttft(rows: list[dict], path: str | Path) -> None:
+    """TTFT against object fraction, one panel per (shape, image size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["shape"], r["image_px"]) for r in rows}, key=lambda k: (SHAPES.index(k[0]), k[1]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (shape, px) in zip(axes[0], panels):
+        chosen = sorted((r for r in rows if (r["shape"], r["image_px"]) == (shape, px)), key=lambda r: r["object_fraction"])
+        x = [100 * r["object_fraction"] for r in chosen]
+        for key, label, style in (("stock_ms", "stock", "o-"), ("miss_ms", "bgobj miss", "s--"),
+                                  ("hit_ms", "bgobj hit", "^-"), ("limit_ms", "hit limit", ":")):  # fmt: skip
+            ax.plot(x, [r[key] / 1000 for r in chosen], style, label=label)
+        ax.set_title(f"Qwen2-VL {shape}, {px} px")
+        ax.set_xlabel("object units (%)")
+        ax.set_ylabel("time to first token (s)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
