@@ -68,7 +68,8 @@ class Qwen2VLBgObjPlugin(Qwen2VLPlugin):
         pixel_values, start, served = mm_inputs["pixel_values"], 0, list(labels)
         for index, ((_, source), thw) in enumerate(zip(opened, mm_inputs["image_grid_thw"].tolist())):
             end = start + thw[0] * thw[1] * thw[2]
-            sibling = self._siblings.choose(source, pixel_values[start:end], tuple(thw), ip, encode, label)
+            own = labels[index].numpy().astype(bool).reshape(thw[1] // ip.merge_size, thw[2] // ip.merge_size)
+            sibling = self._siblings.choose(source, pixel_values[start:end], tuple(thw), ip, encode, label, own)
             if sibling is not None:
                 pixel_values[start:end], served[index] = composite(pixel_values[start:end], sibling, ip.merge_size)
             start = end

@@ -9,7 +9,9 @@ and only backgrounds covering at least ``bgobj_cache_min_coverage`` of the units
 What training does with probability ``bgobj_sibling_prob``: the same thing, exactly. X's
 ``pixel_values`` rows of the units in B_S are replaced by S's rows (so the composite is S's processed
 pixels on B_S and X's elsewhere, at the processor's geometry: no resampling is involved), and X's unit
-labels become NOT B_S. Background tokens depend only on background patches (separated encoding), so
+labels become NOT B_S. B_S is the sibling's background *without X's object units*: the entry a cache
+would need to serve X (an entry whose background contains X's object never verifies), and the one
+``lf-ext bench accuracy`` forces. Background tokens depend only on background patches (separated encoding), so
 the composite's background tokens are S's, bit for bit, and its object tokens are what the hit would
 encode from X. A sibling is used only if it passes the cache's verification: same token grid, B_S
 non-empty and covering ``bgobj_cache_min_coverage``, the probe fingerprints of
@@ -224,8 +226,13 @@ class SiblingSampler:
 
     # decisions ----------------------------------------------------------------------------------
     def choose(self, source: str | None, pixel_values: torch.Tensor, grid_thw: tuple[int, int, int],
-               image_processor, encode: Encode, label: Label) -> Sibling | None:  # fmt: skip
-        """The sibling whose background this image gets, or None. Pure in its inputs (see module doc)."""
+               image_processor, encode: Encode, label: Label, own_object: np.ndarray | None = None) -> Sibling | None:  # fmt: skip
+        """The sibling whose background this image gets, or None. Pure in its inputs (see module doc).
+
+        ``own_object`` (rows, cols) bool: this image's object units, taken out of the sibling's
+        background (the entry a stream holding both images would need; without it a sibling whose
+        background contains this image's object can never verify)."""
+        load = lambda candidate: _without(self._load(candidate, grid_thw, image_processor, encode, label), own_object)  # noqa: E731
         index = self.index()
         key = path_key(source) if source else None
         if key is None or key not in index.position:
@@ -234,7 +241,7 @@ class SiblingSampler:
         if memo_key in self._memo:
             self._memo.move_to_end(memo_key)
             chosen = self._memo[memo_key]
-            return None if chosen is None else self._load(chosen, grid_thw, image_processor, encode, label)
+            return None if chosen is None else load(chosen)
         settings = active_settings()
         seed = str(active_lf_args().get("seed", 42))
         digest = hashlib.sha256(f"{seed}\0{index.names[index.position[key]]}".encode()).digest()
@@ -243,7 +250,7 @@ class SiblingSampler:
         if rng.random() < settings.bgobj_sibling_prob:
             units = pixel_units(pixel_values, grid_thw, image_processor)
             for candidate in index.candidates(key, rng):
-                sibling = self._load(candidate, grid_thw, image_processor, encode, label)
+                sibling = load(candidate)
                 if sibling is not None and background_matches(
                     pixel_units(sibling.pixel_values, grid_thw, image_processor), sibling.background, units,
                     settings.bgobj_cache_unit_threshold,
@@ -287,6 +294,16 @@ class SiblingSampler:
         counts = self.counts
         logger.info("bgobj_sibling_prob: %d images drawn, %d served a sibling's background, %d kept theirs "
                     "(no verified sibling)", counts["drawn"], counts["with_sibling"], counts["without"])  # fmt: skip
+
+
+def _without(sibling: Sibling | None, own_object: np.ndarray | None) -> Sibling | None:
+    """The sibling with ``own_object`` units removed from its background (None if too little is left)."""
+    if sibling is None or own_object is None:
+        return sibling
+    background = sibling.background & ~np.asarray(own_object, dtype=bool).reshape(sibling.background.shape)
+    if not background.any() or background.mean() < active_settings().bgobj_cache_min_coverage:
+        return None
+    return Sibling(sibling.source, sibling.pixel_values, background)
 
 
 def composite(pixel_values: torch.Tensor, sibling: Sibling, merge_size: int) -> tuple[torch.Tensor, torch.Tensor]:
