@@ -1,0 +1,86 @@
+"""``lf-ext bench ttft`` and ``bench accuracy``'s forced-hit evaluation on tiny models (fast settings)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def test_bench_ttft_rows_and_plot(tmp_path):
+    from lf_ext.bench.ttft import run_bench_ttft
+
+    rows = run_bench_ttft(tmp_path / "ttft.json", plot=tmp_path / "ttft.png", shapes=("tiny",), sizes=(224,),
+                          fractions=(0.2, 0.5), runs=1, warmup=0, checkpoints=tmp_path / "ckpt")  # fmt: skip
+    saved = json.loads((tmp_path / "ttft.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(rows)) and len(rows) == 2
+    for row, target in zip(rows, (0.2, 0.5)):
+        for key in ("arch", "image_px", "object_fraction", "stock_ms", "miss_ms", "hit_ms", "limit_speedup"):
+            assert key in row
+        assert row["image_px"] == 224 and row["units"] == 64
+        assert abs(row["object_fraction"] - target) < 0.1 and row["object_units"] == round(row["object_fraction"] * 64)
+        assert row["hit_prefill_tokens"] < row["prompt_tokens"]
+        assert row["components_ms"]["hit_vision_ms"] > 0 and row["limit_ms"] <= row["hit_ms"]
+    assert (tmp_path / "ttft.png").stat().st_size > 10_000
+
+
+BOXES = [(0, 0, 56, 56), (112, 56, 168, 112), (56, 112, 112, 168), (0, 0, 56, 56)]  # img3 where img0
+
+
+def _plate_dataset(root, background_ids):
+    """Four 224x168 images on one plate, objects in different boxes (masks = boxes); ``meta`` gives each
+    image a background id and a sibling group per id."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    plate = rng.integers(0, 256, size=(168, 224, 3), dtype=np.uint8)
+    records = []
+    for index, ((x0, y0, x1, y1), background) in enumerate(zip(BOXES, background_ids)):
+        pixels, mask = plate.copy(), np.zeros((168, 224), np.uint8)
+        pixels[y0:y1, x0:x1] = rng.integers(0, 256, size=(y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        mask[y0:y1, x0:x1] = 255
+        Image.fromarray(pixels).save(root / f"img{index}.png")
+        Image.fromarray(mask).save(root / f"mask{index}.png")
+        records.append({"messages": [{"role": "user", "content": "<image>What color?"}, {"role": "assistant", "content": "red"}],
+                        "images": [f"img{index}.png"], "masks": [f"mask{index}.png"],
+                        "meta": {"background_id": background, "sibling_group": f"test/{background}", "question_type": "color"}})  # fmt: skip
+    (root / "data.json").write_text(json.dumps(records))
+    (root / "dataset_info.json").write_text(json.dumps({"plates": {"file_name": "data.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}))  # fmt: skip
+    return root, records
+
+
+def test_forced_hits_count_hits_and_false_hits(tiny_dir, tmp_path):
+    """One plate, four objects. Labelled as one background, every question is answered from a sibling's
+    cached background (a true hit). Labelled as two backgrounds with identical pixels, hits across
+    the two labels are counted as false hits."""
+    from lf_ext.bench.accuracy import forced_hits
+
+    for name, ids in (("same", ["p"] * 4), ("split", ["q", "q", "q", "p"])):
+        root, records = _plate_dataset(tmp_path / name, ids)
+        args = dict(bgobj_mask_provider="dataset", dataset_dir=str(root), dataset="plates", bgobj_mask_fallback="error")
+        result = forced_hits(tiny_dir("qwen2_vl"), root, records, args, 50176)
+        assert result["n"] == 4 and sum(result["outcomes"].values()) == 4
+        if name == "same":
+            assert result["outcomes"]["hit"] == 4 and result["sibling_entries"] == 4 and result["false_hits"] == 0
+        else:  # img3 ('p', no sibling) verifies against img0's entry ('q', same pixels): a false hit by identity
+            assert result["outcomes"]["hit"] == 4 and result["sibling_entries"] == 3 and result["false_hits"] == 1
+            (example,) = result["false_hit_examples"]
+            assert example["image"] == "img3.png" and set(example["served_from"]) <= {"img0.png", "img1.png", "img2.png"}
+
+
+def test_bench_accuracy_rejects_unusable_datasets(tmp_path):
+    from lf_ext.bench.accuracy import check_records, default_mask_keys
+
+    good = {"messages": [{"role": "user", "content": "<image>Q?"}, {"role": "assistant", "content": "red"}], "images": ["a.png"]}
+    with pytest.raises(ValueError, match="record 1: need a user question, an answer and images"):
+        check_records([good, {"messages": good["messages"]}], "mine")
+    long_answer = dict(good, messages=[good["messages"][0], {"role": "assistant", "content": "a b c d e f g h i j"}])
+    with pytest.raises(ValueError, match="answers must be short"):
+        check_records([long_answer], "mine")
+    with pytest.raises(ValueError, match="ships no masks"):
+        default_mask_keys([good], {})
+    assert default_mask_keys([dict(good, masks=["m.png"])], {}) == {"bgobj_mask_provider": "dataset"}
+    assert default_mask_keys([good], {"bgobj_mask_provider": "entropy"})["bgobj_mask_provider"] == "entropy"
