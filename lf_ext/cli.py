@@ -50,7 +50,6 @@ def _masker_from(extra: list[str], provider: str | None):
 
 
 def _cmd_show_mask(args: argparse.Namespace, extra: list[str]) -> int:
-    from PIL import Image
 
     from lf_ext.masks.geometry import grid_for_arch
     from lf_ext.masks.reference import open_image

@@ -57,6 +57,22 @@ def run_cli(args: list[str], cwd: Path, disable: bool = False, timeout: int = 60
                           stderr=subprocess.STDOUT, text=True, timeout=timeout)  # fmt: skip
 
 
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll ``url`` until it answers 200; fail if the server exits first or the time runs out."""
+    import time
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"{proc.args} did not answer at {url} (exit code {proc.poll()}, timeout {timeout} s)")
+
+
 def write_yaml(path: Path, values: dict) -> Path:
     path.write_text(yaml.safe_dump({k: (str(v) if isinstance(v, Path) else v) for k, v in values.items()}))
     return path

@@ -2,12 +2,10 @@
 
 import socket
 import subprocess
-import time
-import urllib.request
 
 import pytest
 
-from conftest import cli_env, run_cli, write_yaml
+from conftest import cli_env, run_cli, wait_for_http, write_yaml
 
 SETTINGS_LINE = "lf_ext settings: bgobj_mask_provider='none'"
 
@@ -28,16 +26,7 @@ def _serve_then_stop(args, cwd, url, **env) -> str:
     """Start a server on loopback, wait until ``url`` answers 200 (max 180 s), stop it, return its log."""
     proc = subprocess.Popen(args, cwd=cwd, env=cli_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(1)
-        else:
-            pytest.fail(f"{args} did not answer at {url}: {proc.stdout.read()[-3000:] if proc.poll() is not None else 'timeout'}")
+        wait_for_http(url, proc)
     finally:
         proc.terminate()
         output, _ = proc.communicate(timeout=60)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
 import urllib.request
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bgobj_helpers import QUESTION, masked_dataset
-from conftest import cli_env, write_yaml
+from conftest import cli_env, wait_for_http, write_yaml
 
 QUESTION_TEXT = QUESTION.replace("<image>", "")
 
@@ -70,7 +69,7 @@ def test_api_logs_a_hit_for_the_second_image(tiny_dir, tmp_path):
         proc = subprocess.Popen(["llamafactory-cli", "api", str(recipe)], cwd=tmp_path, stdout=log_file,
                                 stderr=subprocess.STDOUT, env=cli_env(API_HOST="127.0.0.1", API_PORT=str(port)))  # fmt: skip
     try:
-        _wait_for(f"http://127.0.0.1:{port}/v1/models", proc)
+        wait_for_http(f"http://127.0.0.1:{port}/v1/models", proc)
         for index in range(2):
             image = base64.b64encode((data / f"img{index}.png").read_bytes()).decode()
             body = {"model": "x", "max_tokens": 4, "messages": [{"role": "user", "content": [
@@ -87,16 +86,3 @@ def test_api_logs_a_hit_for_the_second_image(tiny_dir, tmp_path):
     assert "background cache miss" in log and "background cache hit" in log, log[-3000:]
     assert "totals: 2 lookups, 1 hits, 1 misses, 0 rejections" in log
     assert "background cache miss: 39 background + 9 object units" in log  # the plate finds the 3x3-unit box
-
-
-def _wait_for(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    """Poll ``url`` until it answers 200; fail if the server exits or the time runs out."""
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"server at {url} did not start (exit code {proc.poll()})")

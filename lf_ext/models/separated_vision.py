@@ -199,15 +199,22 @@ def separated_vision_forward(
     if pixel_values.shape[0] != n_patches:
         raise ValueError(f"pixel_values has {pixel_values.shape[0]} rows, grid_thw implies {n_patches}")
     device = pixel_values.device
-    group_cu = cu_seqlens(layout.seg_lengths, device)
     if not hasattr(visual, "get_window_index"):
-        block_cu = [group_cu] * len(visual.blocks)
+        block_cu = _block_cu(visual, layout.seg_lengths, None, device)
         return _run_tower(visual, pixel_values, grid_thw, layout.unit_perm, block_cu, None, merge, layout.labels)
     windows = window_segments(layout, window_units_of(visual))
-    window_cu = cu_seqlens(windows.window_seg_lengths, device)
-    full = set(visual.fullatt_block_indexes)
-    block_cu = [group_cu if i in full else window_cu for i in range(len(visual.blocks))]
+    block_cu = _block_cu(visual, layout.seg_lengths, windows.window_seg_lengths, device)
     return _run_tower(visual, pixel_values, grid_thw, windows.unit_order, block_cu, windows.output_index, merge, layout.labels)
+
+
+def _block_cu(visual: nn.Module, group_lengths, window_lengths, device) -> list[torch.Tensor]:
+    """``cu_seqlens`` per block: (image, group) segments, or (image, group, window) segments for the
+    Qwen2.5-VL blocks that attend within windows."""
+    group_cu = cu_seqlens(group_lengths, device)
+    if window_lengths is None:
+        return [group_cu] * len(visual.blocks)
+    window_cu, full = cu_seqlens(window_lengths, device), set(visual.fullatt_block_indexes)
+    return [group_cu if i in full else window_cu for i in range(len(visual.blocks))]
 
 
 def _keep_units(order: torch.Tensor, seg_lengths: tuple[int, ...], keep: torch.Tensor, unit_size: int
@@ -241,13 +248,12 @@ def encode_object_units(
         return pixel_values.new_zeros(0, visual.merger.mlp[-1].out_features)
     if not hasattr(visual, "get_window_index"):
         order, groups = _keep_units(layout.unit_perm, layout.seg_lengths, layout.labels, unit_size)
-        return _run_tower(visual, pixel_values, grid_thw, order, [cu_seqlens(groups, device)] * len(visual.blocks),
-                          None, merge, layout.labels)  # fmt: skip
+        return _run_tower(visual, pixel_values, grid_thw, order, _block_cu(visual, groups, None, device), None, merge,
+                          layout.labels)  # fmt: skip
     windows = window_segments(layout, window_units_of(visual))
     order, window_lengths = _keep_units(windows.unit_order, windows.window_seg_lengths, layout.labels, unit_size)
     _, group_lengths = _keep_units(windows.unit_order, windows.group_seg_lengths, layout.labels, unit_size)
-    full, window_cu, group_cu = set(visual.fullatt_block_indexes), cu_seqlens(window_lengths, device), cu_seqlens(group_lengths, device)
-    block_cu = [group_cu if i in full else window_cu for i in range(len(visual.blocks))]
+    block_cu = _block_cu(visual, group_lengths, window_lengths, device)
     position = torch.empty(layout.labels.numel(), dtype=torch.long)
     position[order] = torch.arange(order.numel())
     return _run_tower(visual, pixel_values, grid_thw, order, block_cu, position[object_perm], merge, layout.labels)

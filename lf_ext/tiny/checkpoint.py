@@ -29,7 +29,7 @@ from transformers import (
     Qwen2VLVideoProcessor,
 )
 
-from lf_ext.tiny import ARCH_NAMES, SHAPES, chat_templates
+from lf_ext.tiny import ARCH_NAMES, chat_templates
 from lf_ext.tiny.tokenizer import llama_tokenizer, qwen_tokenizer
 
 
