@@ -98,7 +98,8 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
 
         run_bench_ttft(args.json, plot=args.plot, quick=args.quick, shapes=tuple(args.shapes.split(",")),
                        sizes=tuple(int(v) for v in args.sizes.split(",")), runs=args.runs, warmup=args.warmup,
-                       fractions=tuple(float(v) for v in args.fractions.split(",")), checkpoints=args.checkpoints)  # fmt: skip
+                       fractions=tuple(float(v) for v in args.fractions.split(",")), checkpoints=args.checkpoints,
+                       reuse_stock=args.reuse_stock)  # fmt: skip
     elif args.bench_command == "accuracy":
         from lf_ext.bench.accuracy import run_bench_accuracy
         from lf_ext.config import split_bgobj_args
@@ -211,6 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ttft.add_argument("--fractions", default="0.05,0.1,0.2,0.4,0.6", help="object fractions")
     bench_ttft.add_argument("--runs", type=int, default=5, help="recorded runs per row (median)")
     bench_ttft.add_argument("--warmup", type=int, default=1, help="unrecorded rounds before them")
+    bench_ttft.add_argument("--reuse-stock", action="store_true",
+                            help="measure stock once per model and image size (first fraction), reuse it for the others")
     bench_ttft.add_argument("--checkpoints", default="work/bench/checkpoints",
                             help="where the random checkpoints are built once and reused")
     bench_ttft.set_defaults(func=_cmd_bench)

@@ -13,7 +13,7 @@ def test_bench_ttft_rows_and_plot(tmp_path):
     from lf_ext.bench.ttft import run_bench_ttft
 
     rows = run_bench_ttft(tmp_path / "ttft.json", plot=tmp_path / "ttft.png", shapes=("tiny",), sizes=(224,),
-                          fractions=(0.2, 0.5), runs=1, warmup=0, checkpoints=tmp_path / "ckpt")  # fmt: skip
+                          fractions=(0.2, 0.5), runs=1, warmup=0, checkpoints=tmp_path / "ckpt", reuse_stock=True)  # fmt: skip
     saved = json.loads((tmp_path / "ttft.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(rows)) and len(rows) == 2
     for row, target in zip(rows, (0.2, 0.5)):
@@ -23,6 +23,7 @@ def test_bench_ttft_rows_and_plot(tmp_path):
         assert abs(row["object_fraction"] - target) < 0.1 and row["object_units"] == round(row["object_fraction"] * 64)
         assert row["hit_prefill_tokens"] < row["prompt_tokens"]
         assert row["components_ms"]["hit_vision_ms"] > 0 and row["limit_ms"] <= row["hit_ms"]
+    assert rows[1]["stock_reused"] and rows[1]["stock_ms"] == rows[0]["stock_ms"]  # stock measured once per size
     assert (tmp_path / "ttft.png").stat().st_size > 10_000
 
 
