@@ -144,3 +144,27 @@ def test_generate_with_cache_matches_stock_generate(loaded):
     for name in ("img0.png", "img1.png", "img3.png"):
         assert answers[True, name][0] == answers[False, name][0], name
         torch.testing.assert_close(answers[True, name][1], answers[False, name][1], rtol=0, atol=1e-4)
+
+
+def test_hit_from_the_disk_tier_is_exact(loaded, tmp_path):
+    """An entry evicted to the safetensors disk tier (KV, prefusion KV, background tokens) serves the
+    same logits as the in-memory hit; a corrupted file is a miss, never a wrong answer."""
+    memory = _reuse(loaded)
+    memory.prefill(*_inputs(loaded, "img0.png"))
+    expected = memory.prefill(*_inputs(loaded, "img1.png"))
+    one_entry = memory.cache.stats()["bytes"]
+    small = BackgroundReuse(loaded[3], BackgroundCache(int(one_entry * 1.5), disk_dir=tmp_path / "disk"), loaded[4])
+    small.prefill(*_inputs(loaded, "img0.png"))
+    small.prefill(*_inputs(loaded, "changed_bg.png"))  # a second background pushes the first to disk
+    assert small.cache.stats()["disk_entries"] == 1
+    from_disk = small.prefill(*_inputs(loaded, "img1.png"))
+    assert from_disk.outcome.kind == "hit" and small.cache.stats()["disk_hits"] == 1
+    torch.testing.assert_close(from_disk.logits, expected.logits, rtol=0, atol=1e-6)
+
+    small.prefill(*_inputs(loaded, "changed_bg.png"))  # evicts img0's entry to disk again (promotion swapped them)
+    for path in (tmp_path / "disk").rglob("*.safetensors"):
+        path.write_bytes(path.read_bytes()[:-64] + b"\0" * 64)  # corrupt the tail
+    again = small.prefill(*_inputs(loaded, "img2.png"))
+    assert again.outcome.kind in ("miss", "rejection") and small.cache.stats()["disk_corrupt"] >= 1
+    fresh = small.prefill(*_inputs(loaded, "img2.png"), use_cache=False)
+    torch.testing.assert_close(again.logits, fresh.logits, rtol=0, atol=1e-6)
