@@ -37,6 +37,9 @@ def test_frame_stream_reuses_backgrounds_and_answers_like_without_cache(tiny_dir
     stats = stream.stats()
     assert (stats["lookups"], stats["hits"], stats["misses"], stats["entries"]) == (3, 2, 1, 1)
 
+    streamed = "".join(stream.chat_model.stream_chat([{"role": "user", "content": QUESTION_TEXT}], images=[frames[2]]))
+    assert streamed == answers[2].text and stream.stats()["hits"] == 3  # webchat's streaming path, served from the cache
+
     plain = ChatModel(_args(tiny_dir, data, bgobj_cache=False))
     assert not hasattr(plain.engine.model, "_lf_ext_background_cache")
     for frame, answer in zip(frames, answers):
