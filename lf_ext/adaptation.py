@@ -20,6 +20,9 @@ from lf_ext.log import get_logger
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "yaml" / "tiny"
+# default budget (steps): with 300/100 the tiny base model stays near the answer priors (27.8 % vs a 24.7 %
+# majority baseline on the scenes); 1500/500 learns more (36 %) and takes ~9 min on 2 idle cores
+BASE_STEPS, EXTRA_STEPS = 1500, 500
 logger = get_logger()
 
 

@@ -5,7 +5,9 @@
 2. *base*: the stock template trained from scratch (the stand-in for a pretrained VLM);
 3. from base, the same extra budget twice: *stock* continues with the stock template, *bgobj* runs
    stage 1 (bgobj modules) then stage 2 (LoRA), then ``llamafactory-cli export``;
-4. both answer the test questions through LLaMA-Factory's ChatModel; accuracies are printed.
+4. both answer the test questions through LLaMA-Factory's ChatModel, the bgobj model twice: every
+   image computed in full, and with the background cache holding the other test images'
+   backgrounds (``lf-ext bench accuracy``'s forced hits); accuracies and hit counts are printed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import time
 from pathlib import Path
 
-from lf_ext.adaptation import REPO_ROOT, adapt
+from lf_ext.adaptation import BASE_STEPS, EXTRA_STEPS, REPO_ROOT, adapt
 from lf_ext.log import get_logger
 
 logger = get_logger()
@@ -50,6 +52,7 @@ def _no_cache(keys: dict) -> dict:
 def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int | None = None,
              masks: str = "dataset") -> int:  # fmt: skip
     """Build, train stock and bgobj with the same budget, answer test questions and print a report."""
+    from lf_ext.bench.accuracy import forced_hits
     from lf_ext.evaluate import exact_match, load_records, majority_baseline
     from lf_ext.scenes import generate_scenes
     from lf_ext.tiny.checkpoint import build_checkpoint
@@ -57,7 +60,7 @@ def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_l
     work = (REPO_ROOT / workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    base_steps, extra = (steps, max(2, steps // 3)) if steps else (300, 100)
+    base_steps, extra = (steps, max(2, steps // 3)) if steps else (BASE_STEPS, EXTRA_STEPS)
     checkpoint = build_checkpoint("qwen2_vl", work / "tiny_qwen2_vl", seed=0)
     scenes = work / "scenes"
     if not (scenes / "dataset_info.json").exists():
@@ -70,6 +73,7 @@ def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_l
     results = {
         "stock": exact_match(stock, "qwen2_vl", scenes, test),
         "bgobj": exact_match(merged, "qwen2_vl_bgobj", scenes, test, extra_args=_no_cache(eval_mask_settings(keys, scenes))),
+        "bgobj+cache": forced_hits(merged, scenes, test, eval_mask_settings(keys, scenes), 50176),
     }
     baseline = majority_baseline(load_records(scenes, "scenes_train.json"), test)
     _print_report(base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, time.time() - t0)
@@ -84,11 +88,15 @@ def _print_report(base_steps, extra, base_losses, stock_losses, bgobj_losses, re
     print(f"stock  base + {extra} steps, stock template (qwen2_vl): loss -> {stock_losses[-1]:.3f}")
     print(f"bgobj  base + {extra} steps, stage 1 + stage 2 LoRA (qwen2_vl_bgobj, masks: {keys['bgobj_mask_provider']}),"
           f" exported: loss -> {bgobj_losses[-1]:.3f}")  # fmt: skip
-    types = sorted(results["stock"]["per_type"])
-    print(f"\n{'question type':<16}{'n':>5}{'stock':>9}{'bgobj':>9}")
-    for qtype in types:
+    columns = ("stock", "bgobj", "bgobj+cache")
+    print(f"\n{'question type':<16}{'n':>5}" + "".join(f"{name:>13}" for name in columns))
+    for qtype in sorted(results["stock"]["per_type"]):
         n = results["stock"]["per_type"][qtype][1]
-        print(f"{qtype:<16}{n:>5}{results['stock']['per_type'][qtype][0]:>9.1%}{results['bgobj']['per_type'][qtype][0]:>9.1%}")
-    print(f"{'all':<16}{results['stock']['n']:>5}{results['stock']['accuracy']:>9.1%}{results['bgobj']['accuracy']:>9.1%}")
+        print(f"{qtype:<16}{n:>5}" + "".join(f"{results[name]['per_type'][qtype][0]:>13.1%}" for name in columns))
+    print(f"{'all':<16}{results['stock']['n']:>5}" + "".join(f"{results[name]['accuracy']:>13.1%}" for name in columns))
+    cached = results["bgobj+cache"]
+    print(f"bgobj+cache: answered from a cached, pixel-verified background: {cached['outcomes']['hit']} hits, "
+          f"{cached['outcomes']['rejection']} rejections, {cached['outcomes']['miss']} misses, "
+          f"{cached['false_hits']} false hits (another background's entry)")  # fmt: skip
     print(f"(majority-answer baseline {baseline:.1%}; exact match, greedy decoding)")
     print(f"total {total_s:.0f}s")

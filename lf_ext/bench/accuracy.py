@@ -160,7 +160,7 @@ def forced_hits(model_dir: Path, dataset_dir: Path, records: list[dict], chat_ar
 
 
 def run_bench_accuracy(dataset_dir: str | Path, train: str, test: str, json_out: str | Path,
-                       workdir: str | Path = "work/bench/accuracy", base_steps: int = 300, extra_steps: int = 100,
+                       workdir: str | Path = "work/bench/accuracy", base_steps: int = 1500, extra_steps: int = 500,
                        image_max_pixels: int = 50176, image_min_pixels: int | None = None,
                        bgobj_keys: dict[str, Any] | None = None, limit: int | None = None) -> dict:  # fmt: skip
     """Train base/stock/bgobj on ``train``, answer ``test`` three ways, print the table and write JSON."""
