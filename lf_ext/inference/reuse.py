@@ -115,8 +115,8 @@ class BackgroundReuse:
         total = _timer()
         layout = self._layout(input_ids)
         upto = input_ids.shape[1] if upto is None else upto
-        if upto <= layout.prefix_end:
-            raise ValueError("the prefill must reach past [BG_END]")
+        if upto <= layout.bg_start + layout.n_background + layout.n_object + 3:  # [OBJ_END]'s index
+            raise ValueError("the prefill must reach past [OBJ_END] (the split may change on a hit)")
         labels = unit_labels.detach().reshape(-1).cpu().long()
         rows, cols = (int(v) // self.norm.merge for v in image_grid_thw[0, 1:])
         if labels.numel() != rows * cols or layout.n_background + layout.n_object != rows * cols:
