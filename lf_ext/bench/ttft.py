@@ -132,9 +132,8 @@ def measure_row(tokenizer, processor, model, shape: str, px: int, fraction: floa
     grid = inputs[0]["image_grid_thw"]
     units = int(grid.prod()) // ip.merge_size**2
     geometry = qwen2_vl_grid(px, px, image_max_pixels=px * px)
-    settings = parse_bgobj_args({"bgobj_mask_provider": "reference", "bgobj_mask_fallback": "error"})
-    masker = ObjectMasker.from_settings(settings)
-    masker.provider = ReferenceMaskProvider(scene["plate"], settings.bgobj_reference_threshold)
+    threshold = parse_bgobj_args({}).bgobj_reference_threshold  # the key's default
+    masker = ObjectMasker(ReferenceMaskProvider(scene["plate"], threshold), "reference")
     stock_ids = prompt_ids(tokenizer, "<|image_pad|>" * units)
     reuse = BackgroundReuse(model, BackgroundCache(8 << 30), PixelNorm.from_image_processor(ip))
     samples: dict[str, list] = {k: [] for k in ("stock", "miss", "hit", "mask", "limit")}

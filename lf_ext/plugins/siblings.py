@@ -14,19 +14,18 @@ would need to serve X (an entry whose background contains X's object never verif
 ``lf-ext bench accuracy`` forces. Background tokens depend only on background patches (separated encoding), so
 the composite's background tokens are S's, bit for bit, and its object tokens are what the hit would
 encode from X. A sibling is used only if it passes the cache's verification: same token grid, B_S
-non-empty and covering ``bgobj_cache_min_coverage``, the probe fingerprints of
-:mod:`lf_ext.cache.fingerprint` agree on B_S, and :func:`~lf_ext.cache.fingerprint.max_unit_distance`
-over B_S is within the threshold. Otherwise the image is left unchanged (counted).
+non-empty and covering ``bgobj_cache_min_coverage``, and :func:`~lf_ext.cache.fingerprint.max_unit_distance`
+over B_S within the threshold (the exact check a cache hit passes; the cache's probe fingerprints
+only pre-select entries and never decide). Otherwise the image is left unchanged (counted).
 
 Candidates, from the training datasets (``dataset`` of the LLaMA-Factory arguments, read like the
 dataset masks, see :mod:`lf_ext.masks.dataset`; eval datasets and chat uploads are never touched):
 
 - the other images of the record's ``meta.sibling_group`` (up to ``MAX_TRIES``, in a random order);
-- for an image without a group, found by fingerprint: the last ``FALLBACK_IMAGES`` ungrouped images of
+- for an image without a group: the last ``FALLBACK_IMAGES`` ungrouped images of
   the same original size before it in dataset order (looking back at most ``FALLBACK_WINDOW`` images),
-  nearest first: the images a cache filled in dataset order would hold. Each is checked as a cache
-  lookup checks an entry: probe fingerprints first (cheap, and a mismatch proves a failure), then the
-  exact per-unit distance.
+  nearest first: the images a cache filled in dataset order would hold. Each gets the exact per-unit
+  check above.
 
 Determinism. The plugin computes an image's tensors twice per sample (token counting during dataset
 preprocessing, perhaps in another process, then the collator's tensors, every epoch), and DDP ranks
@@ -53,7 +52,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lf_ext.cache.fingerprint import fingerprint, masked_fingerprint, max_unit_distance, probe_tolerance
+from lf_ext.cache.fingerprint import max_unit_distance
 from lf_ext.config import active_lf_args, active_settings
 from lf_ext.inference.pixel_units import PixelNorm, image_units
 from lf_ext.log import get_logger
@@ -164,12 +163,7 @@ def pixel_units(pixel_values: torch.Tensor, grid_thw: tuple[int, int, int], imag
 
 def background_matches(stored: np.ndarray, background: np.ndarray, units: np.ndarray, threshold: float) -> bool:
     """Whether ``units`` (an image's) pass a cache hit's verification against ``stored`` (the sibling's,
-    same shape) on the background units ``background`` (rows, cols) bool: probe fingerprints first
-    (a probe off by more than the tolerance proves a failure), then every unit's MAD."""
-    fp_stored = masked_fingerprint(fingerprint(stored), background)
-    checked = fp_stored >= 0
-    if np.any(np.abs(fingerprint(units).astype(np.int16)[checked] - fp_stored[checked]) > probe_tolerance(threshold)):
-        return False
+    same shape): every unit of ``background`` (rows, cols) bool within ``threshold`` MAD."""
     index = np.flatnonzero(background.reshape(-1))
     stored_bg = stored.reshape(-1, *stored.shape[2:])[index]
     return max_unit_distance(stored_bg, units, index, stop_above=threshold) <= threshold
