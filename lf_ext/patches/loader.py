@@ -113,6 +113,9 @@ def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args
     prepare_bgobj_model(model)
     if not is_trainable:
         install_inference_cache(model, model_args)
+        from lf_ext.inference.exit_guard import guard_generate
+
+        guard_generate(model)  # outermost: chat may exit while generate still runs in its thread
 
 
 def install_inference_cache(model, model_args) -> None:
