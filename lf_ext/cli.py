@@ -100,6 +100,11 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
                        sizes=tuple(int(v) for v in args.sizes.split(",")), runs=args.runs, warmup=args.warmup,
                        fractions=tuple(float(v) for v in args.fractions.split(",")), checkpoints=args.checkpoints,
                        reuse_stock=args.reuse_stock)  # fmt: skip
+    elif args.bench_command == "stream":
+        from lf_ext.bench.stream import run_bench_stream
+
+        run_bench_stream(args.json, shape=args.shape, px=args.px, frames=args.frames, positions=args.positions,
+                         object_fraction=args.object_fraction, checkpoints=args.checkpoints)  # fmt: skip
     elif args.bench_command == "accuracy":
         from lf_ext.bench.accuracy import run_bench_accuracy
         from lf_ext.config import split_bgobj_args
@@ -217,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ttft.add_argument("--checkpoints", default="work/bench/checkpoints",
                             help="where the random checkpoints are built once and reused")
     bench_ttft.set_defaults(func=_cmd_bench)
+
+    bench_stream = bench.add_parser("stream", help="fixed camera, moving object, ticking clock: stock vs cache vs cache+refine")
+    bench_stream.add_argument("--json", required=True)
+    bench_stream.add_argument("--shape", default="2b", help="tiny, small or 2b (random Qwen2-VL weights)")
+    bench_stream.add_argument("--px", type=int, default=448, help="frame size in pixels")
+    bench_stream.add_argument("--frames", type=int, default=16)
+    bench_stream.add_argument("--positions", type=int, default=3, help="places the object moves between")
+    bench_stream.add_argument("--object-fraction", type=float, default=0.1, help="object units / all units")
+    bench_stream.add_argument("--checkpoints", default="work/bench/checkpoints",
+                              help="where the random checkpoints are built once and reused")
+    bench_stream.set_defaults(func=_cmd_bench)
 
     bench_acc = bench.add_parser("accuracy", help="exact match: stock vs bgobj (miss) vs bgobj with forced cache hits")
     bench_acc.add_argument("--dataset-dir", required=True, help="LLaMA-Factory dataset folder (dataset_info.json)")

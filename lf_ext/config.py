@@ -75,6 +75,8 @@ class BgObjArguments:
                                              "units is within this mean absolute pixel difference (0-255).")
     bgobj_cache_min_coverage: float = _key(0.3, "Inference: backgrounds covering less than this fraction of the "
                                            "image's units are not cached.")
+    bgobj_cache_refine: bool = _key(True, "Inference: after a rejection, answer with and cache the part of the nearest "
+                                    "entry's background that still matches (drops changing regions such as clocks).")
     bgobj_cache_dir: str = _key("", "Inference: folder of the optional disk tier (safetensors); empty = memory only.")
     bgobj_cache_disk_max_mb: float = _key(0.0, "Inference: bound of the disk tier in MiB; 0 = unbounded.")
 

@@ -23,6 +23,8 @@ def loaded(request, tiny_dir, tmp_path_factory):
     pixels = np.asarray(Image.open(data / "img0.png")).copy()
     pixels[:20, :60] = 255 - pixels[:20, :60]
     Image.fromarray(pixels).save(data / "changed_bg.png")
+    pixels[:20, :60] = 0  # the same region changes again (a clock ticking outside the object)
+    Image.fromarray(pixels).save(data / "changed_again.png")
     tokenizer_module, template, model = load_for_inference(tiny_dir(request.param), data, bgobj_prefusion_layers=1,
                                                            bgobj_split_projector=True)  # fmt: skip
     with torch.no_grad():  # open the prefusion gate so the prefusion KV matters
@@ -37,8 +39,8 @@ def _inputs(loaded, name):
     return ids, inputs["pixel_values"], inputs["image_grid_thw"], inputs["bgobj_unit_labels"]
 
 
-def _reuse(loaded, **cache_args):
-    return BackgroundReuse(loaded[3], BackgroundCache(1 << 30, **cache_args), loaded[4])
+def _reuse(loaded, refine=True, **cache_args):
+    return BackgroundReuse(loaded[3], BackgroundCache(1 << 30, **cache_args), loaded[4], refine=refine)
 
 
 def test_pixel_units_are_the_resized_image(loaded):
@@ -112,7 +114,7 @@ def test_partial_prefill_then_last_token_matches(loaded):
 
 def test_different_background_is_never_served(loaded):
     """Invariant 4: a background that differs beyond the threshold is a rejection and is recomputed."""
-    reuse = _reuse(loaded)
+    reuse = _reuse(loaded, refine=False)
     reuse.prefill(*_inputs(loaded, "img0.png"))
     ids, pixel_values, grid, labels = _inputs(loaded, "changed_bg.png")
     result = reuse.prefill(ids, pixel_values, grid, labels)
@@ -121,6 +123,48 @@ def test_different_background_is_never_served(loaded):
     torch.testing.assert_close(result.logits, fresh.logits, rtol=0, atol=1e-6)
     stats = reuse.cache.stats()
     assert stats["hits"] == 0 and stats["rejections"] == 1 and stats["entries"] == 2
+
+
+def test_rejection_refines_to_the_shared_background(loaded):
+    """A region outside the object that changes (the stripe) rejects once; the request is answered with
+    the background it shares with the entry, which is cached and serves the next change of the stripe.
+    Every answer equals a fresh computation of the layout it used."""
+    reuse = _reuse(loaded)
+    _, first_pixels, first_grid, first_labels = _inputs(loaded, "img0.png")
+    reuse.prefill(*_inputs(loaded, "img0.png"))
+    ids, pixel_values, grid, labels = _inputs(loaded, "changed_bg.png")
+    refined = reuse.prefill(ids, pixel_values, grid, labels)
+    assert refined.outcome.kind == "rejection" and refined.outcome.refined and refined.outcome.inserted
+
+    before = image_units(first_pixels, first_grid, loaded[4])[0].astype(int)
+    after = image_units(pixel_values, grid, loaded[4])[0].astype(int)
+    changed = np.abs(before - after).reshape(*before.shape[:2], -1).mean(-1) > 4.0  # the cache's default threshold
+    entry_object = first_labels.view(changed.shape).bool().numpy()  # outside the entry's B
+    own = labels.view(changed.shape).bool().numpy()  # no mask for this image: all background
+    assert changed.any() and entry_object.any() and not (changed & entry_object).any()
+    np.testing.assert_array_equal(refined.unit_labels.view(changed.shape).bool().numpy(), entry_object | own | changed)
+    fresh = reuse.prefill(ids, pixel_values, grid, refined.unit_labels, use_cache=False)
+    torch.testing.assert_close(refined.logits, fresh.logits, rtol=0, atol=1e-6)
+
+    ids, pixel_values, grid, labels = _inputs(loaded, "changed_again.png")
+    hit = reuse.prefill(ids, pixel_values, grid, labels)
+    assert hit.outcome.kind == "hit" and hit.outcome.entry_id == refined.outcome.entry_id
+    fresh = reuse.prefill(ids, pixel_values, grid, hit.unit_labels, use_cache=False)
+    torch.testing.assert_close(hit.logits, fresh.logits, rtol=0, atol=1e-5)
+
+    plain = _reuse(loaded, refine=False)
+    kinds = [plain.prefill(*_inputs(loaded, name)).outcome.kind for name in ("img0.png", "changed_bg.png", "changed_again.png")]
+    assert kinds == ["miss", "rejection", "rejection"]
+
+
+def test_refinement_keeps_at_least_min_coverage(loaded):
+    """A common background below ``min_coverage`` is not used: the rejection keeps the request's own split."""
+    reuse = _reuse(loaded, min_coverage=0.8)  # img0's B: 39 of 48 units; shared with changed_bg: 36 of 48
+    assert reuse.prefill(*_inputs(loaded, "img0.png")).outcome.inserted
+    ids, pixel_values, grid, labels = _inputs(loaded, "changed_bg.png")
+    result = reuse.prefill(ids, pixel_values, grid, labels)
+    assert result.outcome.kind == "rejection" and not result.outcome.refined
+    assert torch.equal(result.unit_labels, labels.reshape(-1).long())
 
 
 def test_generate_with_cache_matches_stock_generate(loaded):
@@ -153,7 +197,8 @@ def test_hit_from_the_disk_tier_is_exact(loaded, tmp_path):
     memory.prefill(*_inputs(loaded, "img0.png"))
     expected = memory.prefill(*_inputs(loaded, "img1.png"))
     one_entry = memory.cache.stats()["bytes"]
-    small = BackgroundReuse(loaded[3], BackgroundCache(int(one_entry * 1.5), disk_dir=tmp_path / "disk"), loaded[4])
+    small = BackgroundReuse(loaded[3], BackgroundCache(int(one_entry * 1.5), disk_dir=tmp_path / "disk"), loaded[4],
+                            refine=False)  # refinement would serve img1 from changed_bg's entry in memory  # fmt: skip
     small.prefill(*_inputs(loaded, "img0.png"))
     small.prefill(*_inputs(loaded, "changed_bg.png"))  # a second background pushes the first to disk
     assert small.cache.stats()["disk_entries"] == 1

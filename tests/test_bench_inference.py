@@ -1,4 +1,4 @@
-"""``lf-ext bench ttft`` and ``bench accuracy``'s forced-hit evaluation on tiny models (fast settings)."""
+"""``lf-ext bench ttft``, ``bench stream`` and ``bench accuracy``'s forced-hit evaluation on tiny models (fast settings)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,26 @@ def test_bench_ttft_rows_and_plot(tmp_path):
         assert row["components_ms"]["hit_vision_ms"] > 0 and row["limit_ms"] <= row["hit_ms"]
     assert rows[1]["stock_reused"] and rows[1]["stock_ms"] == rows[0]["stock_ms"]  # stock measured once per size
     assert (tmp_path / "ttft.png").stat().st_size > 10_000
+
+
+def test_bench_stream_refinement_turns_rejections_into_hits(tmp_path):
+    """The clock changes in every frame: without refinement every later frame is a rejection; with it,
+    frames hit once the object has been seen at their place."""
+    from lf_ext.bench.stream import run_bench_stream, stream_frames
+
+    result = run_bench_stream(tmp_path / "stream.json", shape="tiny", px=224, frames=8, positions=2,
+                              object_fraction=0.1, stock_frames=1, checkpoints=tmp_path / "ckpt")  # fmt: skip
+    assert json.loads((tmp_path / "stream.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    places = [place for _, _, place in stream_frames(224, 8, 2, 0.1)]
+    plain, refined = result["per_frame"]["cache"], result["per_frame"]["cache+refine"]
+    assert [f["place"] for f in refined] == places
+    assert [f["kind"] for f in plain] == ["miss"] + ["rejection"] * 7
+    for k in range(1, 8):  # frame 1 always rejects (the clock); later, a frame hits iff its place was seen before
+        expect_hit = k >= 2 and places[k] in places[:k]
+        assert (refined[k]["kind"] == "hit") == expect_hit, refined
+        assert expect_hit or refined[k]["refined"]
+    rows = {row["mode"]: row for row in result["rows"]}
+    assert rows["cache+refine"]["hits"] > 0 and rows["cache"]["hits"] == 0
 
 
 BOXES = [(0, 0, 56, 56), (112, 56, 168, 112), (56, 112, 112, 168), (0, 0, 56, 56)]  # img3 where img0

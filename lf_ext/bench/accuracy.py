@@ -140,6 +140,8 @@ def forced_hits(model_dir: Path, dataset_dir: Path, records: list[dict], chat_ar
     def after(index: int, record: dict, correct: bool) -> None:
         outcome = last_outcome(model)
         kinds[outcome.kind if outcome else "not_served"] += 1
+        if outcome is not None and outcome.inserted:  # a miss or refined rejection cached this image's background
+            owners.setdefault(outcome.entry_id, set()).add(index)
         if outcome is None or outcome.kind != "hit":
             return
         hit_correct.append(correct)

@@ -36,14 +36,19 @@ UNIT = 28
 
 
 # --------------------------------------------------------------------------- inputs
+def background_plate(px: int, rng: np.random.Generator) -> np.ndarray:
+    """A textured (px, px, 3) uint8 background: smooth colour waves plus noise."""
+    y, x = np.mgrid[0:px, 0:px] / px
+    base = np.stack([128 + 90 * np.sin(6 * x + 2 * y), 128 + 90 * np.cos(5 * y), 128 + 60 * np.sin(4 * (x + y))], -1)
+    return np.clip(base + rng.normal(0, 18, base.shape), 0, 255).astype(np.uint8)
+
+
 def scene_frames(px: int, fraction: float, seed: int = 0) -> dict[str, Any]:
     """A textured background plate and two frames with different objects on a unit-aligned rectangle
     covering about ``fraction`` of the units (the 'same camera, new object' case)."""
     rng = np.random.default_rng(seed)
     units = px // UNIT
-    y, x = np.mgrid[0:px, 0:px] / px
-    base = np.stack([128 + 90 * np.sin(6 * x + 2 * y), 128 + 90 * np.cos(5 * y), 128 + 60 * np.sin(4 * (x + y))], -1)
-    plate = np.clip(base + rng.normal(0, 18, base.shape), 0, 255).astype(np.uint8)
+    plate = background_plate(px, rng)
     side = max(1, round(units * fraction**0.5))
     rows, cols = side, min(units, max(1, round(fraction * units * units / side)))
     top, left = (units - rows) // 2, (units - cols) // 2

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lf_ext.cache.fingerprint import fingerprint, masked_fingerprint, max_unit_distance
+from lf_ext.cache.fingerprint import fingerprint, masked_fingerprint, max_unit_distance, unit_distances
 
 IndexKey = tuple[str, int, int, int]  # (context key, rows, cols, unit side)
 
@@ -57,6 +57,12 @@ class CacheEntry:
         """Largest per-unit MAD between the stored B units and the same units of ``units``
         (may stop early once above ``stop_above``)."""
         return max_unit_distance(self.units, units, self.index, stop_above)
+
+    def verified_units(self, units: np.ndarray, threshold: float) -> np.ndarray:
+        """(rows, cols) bool: the units of B whose pixels in ``units`` are within ``threshold``."""
+        verified = np.zeros(self.background.size, bool)
+        verified[self.index] = unit_distances(self.units, units, self.index) <= threshold
+        return verified.reshape(self.background.shape)
 
 
 def check_units(units: np.ndarray) -> np.ndarray:

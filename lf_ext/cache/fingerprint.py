@@ -58,16 +58,34 @@ def max_unit_distance(stored: np.ndarray, units: np.ndarray, index: np.ndarray, 
     """Largest per-unit MAD (0-255 scale) between ``stored`` (n, u, u, 3) and the units ``index``
     (flat row-major positions) of ``units`` (rows, cols, u, u, 3), both uint8.
 
-    Works in chunks with reused buffers (a few hundred KB, instead of page-faulting several MB per
-    call). With ``stop_above`` it returns as soon as a chunk exceeds it (the value is then a lower
-    bound of the true maximum, still above ``stop_above``)."""
+    With ``stop_above`` it returns as soon as a chunk exceeds it (the value is then a lower bound
+    of the true maximum, still above ``stop_above``)."""
+    worst = 0.0
+    for _, distances in _chunked_unit_distances(stored, units, index, chunk):
+        worst = max(worst, float(distances.max()))
+        if stop_above is not None and worst > stop_above:
+            break
+    return worst
+
+
+def unit_distances(stored: np.ndarray, units: np.ndarray, index: np.ndarray, chunk: int = 128) -> np.ndarray:
+    """Per-unit MAD (n,) float between ``stored`` and the units ``index`` of ``units`` (as above)."""
+    out = np.zeros(len(index), np.float64)
+    for start, distances in _chunked_unit_distances(stored, units, index, chunk):
+        out[start : start + len(distances)] = distances
+    return out
+
+
+def _chunked_unit_distances(stored: np.ndarray, units: np.ndarray, index: np.ndarray, chunk: int):
+    """Yields (start, per-unit MAD of the chunk). Works in chunks with reused buffers (a few hundred
+    KB, instead of page-faulting several MB per call)."""
     n = len(index)
     if n == 0:
-        return 0.0
+        return
     flat, stored = units.reshape(units.shape[0] * units.shape[1], -1), stored.reshape(n, -1)
     size = min(chunk, n)
     gathered, high, low = (np.empty((size, flat.shape[1]), np.uint8) for _ in range(3))
-    sums, worst = np.empty(size, np.uint32), 0.0
+    sums = np.empty(size, np.uint32)
     for start in range(0, n, size):
         k = min(n, start + size) - start
         np.take(flat, index[start : start + k], axis=0, out=gathered[:k], mode="clip")  # in range
@@ -75,7 +93,4 @@ def max_unit_distance(stored: np.ndarray, units: np.ndarray, index: np.ndarray, 
         np.minimum(stored[start : start + k], gathered[:k], out=low[:k])
         np.subtract(high[:k], low[:k], out=high[:k])  # |a - b| without leaving uint8
         np.add.reduce(high[:k], axis=1, dtype=np.uint32, out=sums[:k])
-        worst = max(worst, float(sums[:k].max()) / flat.shape[1])
-        if stop_above is not None and worst > stop_above:
-            break
-    return worst
+        yield start, sums[:k] / flat.shape[1]

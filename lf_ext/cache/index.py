@@ -90,19 +90,28 @@ class ProbeIndex:
 
     def query(self, fp: np.ndarray, max_exact: int) -> tuple[list[Any], int]:
         """(up to ``max_exact`` exact candidates, best first; number of near entries)."""
-        n = len(self._items)
-        if n == 0:
-            return [], 0
-        query = np.zeros(self.width, np.uint8)
-        query[: self.probes] = fp
-        diff = np.subtract(query, self._lo[:n], out=self._diff[:n])  # wraps mod 256 on purpose
-        viol = np.greater(diff, self._span[:n], out=self._viol[:n])
-        counts = _row_counts(viol)
-        near = np.flatnonzero(counts <= self._limit[:n])
+        near, counts, query = self._near(fp)
         exact = near[counts[near] == 0]
         if len(exact) == 0:
             return [], len(near)
         return [self._items[s] for s in self._rank(exact, query)[:max_exact]], len(near)
+
+    def nearest(self, fp: np.ndarray, limit: int) -> list[Any]:
+        """Up to ``limit`` near entries, fewest violated probes first."""
+        near, counts, _ = self._near(fp)
+        return [self._items[s] for s in near[np.argsort(counts[near], kind="stable")][:limit]]
+
+    def _near(self, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(slots of near entries, violated probes per slot, padded query)."""
+        n = len(self._items)
+        query = np.zeros(self.width, np.uint8)
+        query[: self.probes] = fp
+        if n == 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), query
+        diff = np.subtract(query, self._lo[:n], out=self._diff[:n])  # wraps mod 256 on purpose
+        viol = np.greater(diff, self._span[:n], out=self._viol[:n])
+        counts = _row_counts(viol)
+        return np.flatnonzero(counts <= self._limit[:n]), counts, query
 
     def _rank(self, slots: np.ndarray, query: np.ndarray) -> np.ndarray:
         fps = self._fps[slots].astype(np.int32)

@@ -13,6 +13,8 @@ image hits it only if every unit of B is within ``unit_threshold`` (mean absolut
 4. on a memory miss the disk index is searched the same way; a disk hit is promoted to memory.
 
 A lookup is a *hit*, a *rejection* (near entries existed but none verified) or a *miss* (none).
+After a rejection, :meth:`BackgroundCache.shared_background` gives the units of the nearest
+entries' B that still verify (the caller may then insert that common part as a new entry).
 
 Insert rules: B must cover ``min_coverage`` of the grid and the entry (payload bytes + B pixels)
 must fit ``max_bytes``, else nothing is stored, the skip is counted and None is returned. The
@@ -104,6 +106,18 @@ class BackgroundCache:
         with self._lock:
             self._count_lookup(hit, near, tried)
         return hit, "hit" if hit is not None else "rejection" if near > 0 else "miss"
+
+    def shared_background(self, context_key: str, units: np.ndarray) -> np.ndarray | None:
+        """The largest part of a near memory entry's background set B that ``units`` still match unit
+        by unit (within the threshold), as (rows, cols) bool; None if no entry is near. After a
+        rejection this is the background the request and the cached entry have in common."""
+        units = check_units(units)
+        key = (context_key, units.shape[0], units.shape[1], units.shape[2])
+        fp = fingerprint(units, self._probes)
+        with self._lock:
+            entries = self._memory.nearest(key, fp, self.max_candidates)
+        shared = [entry.verified_units(units, self.unit_threshold) for entry in entries]
+        return max(shared, key=lambda mask: int(mask.sum()), default=None)
 
     def insert(self, context_key: str, units: np.ndarray, labels: np.ndarray, payload: dict[str, torch.Tensor]) -> str | None:
         """Store ``payload`` for the background (``labels`` False) of ``units``; returns the entry id,

@@ -70,6 +70,11 @@ class Tier:
         index = self._indexes.get(key)
         return index.query(fp, max_exact) if index is not None else ([], 0)
 
+    def nearest(self, key: IndexKey, fp: np.ndarray, limit: int) -> list[Any]:
+        """Up to ``limit`` near items of the group ``key``, fewest violated probes first."""
+        index = self._indexes.get(key)
+        return index.nearest(fp, limit) if index is not None else []
+
     def clear(self) -> list[Any]:
         """Remove everything; returns the removed items."""
         items = list(self.items.values())

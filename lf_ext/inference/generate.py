@@ -36,10 +36,12 @@ def cache_from_settings(settings) -> BackgroundCache:
     )  # fmt: skip
 
 
-def install_background_cache(model, norm: PixelNorm, cache: BackgroundCache | None = None, max_bytes: int = 2048 * MIB) -> BackgroundReuse:
-    """Make ``model.generate`` reuse verified backgrounds (idempotent: a second call swaps the cache)."""
+def install_background_cache(model, norm: PixelNorm, cache: BackgroundCache | None = None, max_bytes: int = 2048 * MIB,
+                             refine: bool = True) -> BackgroundReuse:  # fmt: skip
+    """Make ``model.generate`` reuse verified backgrounds (idempotent: a second call swaps the cache);
+    ``refine``: see :class:`BackgroundReuse` (``bgobj_cache_refine``)."""
     cache = cache if cache is not None else BackgroundCache(max_bytes)
-    reuse = BackgroundReuse(model, cache, norm)
+    reuse = BackgroundReuse(model, cache, norm, refine=refine)
     setattr(model, CACHE_ATTR, cache)
     setattr(model, REUSE_ATTR, reuse)
     if not getattr(model.generate, "_lf_ext_cached", False):
@@ -95,9 +97,10 @@ def _cached_generate(model, stock_generate):
 def _log(outcome: Outcome, stats: dict) -> None:
     ms = outcome.ms
     get_logger().info(
-        "background cache %s: %d background + %d object units; lookup %.1f ms, vision %.0f ms, prefill %.0f ms | "
+        "background cache %s%s: %d background + %d object units; lookup %.1f ms, vision %.0f ms, prefill %.0f ms | "
         "totals: %d lookups, %d hits, %d misses, %d rejections, %d entries, %.1f MiB",
-        outcome.kind, outcome.background_units, outcome.object_units, ms.get("lookup", 0.0), ms.get("vision", 0.0),
+        outcome.kind, " (refined: inserted the background it shares with the nearest entry)" if outcome.refined else "",
+        outcome.background_units, outcome.object_units, ms.get("lookup", 0.0), ms.get("vision", 0.0),
         ms.get("prefill", 0.0), stats["lookups"], stats["hits"], stats["misses"], stats["rejections"],
         stats["entries"], stats["bytes"] / MIB,
     )  # fmt: skip

@@ -14,6 +14,12 @@ prefusion layers), and its key is the prefix text, the grid and the verified bac
   tokens after ``[BG_END]`` on top of a copy of the cached KV.
 - **miss / rejection**: the request's own labels; both groups are encoded, the prefix is
   prefilled and inserted, then the rest.
+- **refined rejection** (``refine=True``): a rejection whose nearest entry still matches on part of
+  its background uses the common part as the background group, B' = (units of B that verify) minus
+  the request's object units, if B' covers ``min_coverage`` of the grid; the request is then
+  answered with B' (as a hit would serve it) and B' is inserted. Regions that change from frame to
+  frame without being object (a clock, a cursor, leaves, earlier object positions) thus drop out of
+  the cached background after one rejection instead of rejecting every later frame.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ class Outcome:
     inserted: bool = False
     max_unit_distance: float | None = None
     ms: dict[str, float] = field(default_factory=dict)
+    refined: bool = False  # a rejection answered and inserted with the background shared with the nearest entry
 
 
 @dataclass
@@ -85,8 +92,8 @@ def base_model(model):
 class BackgroundReuse:
     """Prefills separated-layout prompts of one model, reusing verified backgrounds from ``cache``."""
 
-    def __init__(self, model, cache: BackgroundCache, norm: PixelNorm, model_key: str = ""):
-        self.model, self.cache, self.norm = base_model(model), cache, norm
+    def __init__(self, model, cache: BackgroundCache, norm: PixelNorm, model_key: str = "", refine: bool = True):
+        self.model, self.cache, self.norm, self.refine = base_model(model), cache, norm, refine
         spec = self.model.config.vision_config.bgobj
         self.bg_start, self.bg_end, self.obj_start, self.obj_end = spec["separator_ids"]
         self.image_token = self.model.config.image_token_id
@@ -123,13 +130,19 @@ class BackgroundReuse:
             raise ValueError(f"{labels.numel()} unit labels and {layout.n_background + layout.n_object} visual tokens "
                              f"for a {rows}x{cols} grid")  # fmt: skip
         ms: dict[str, float] = {}
-        hit, kind, units, key = None, "miss", None, None
+        hit, kind, units, key, refined = None, "miss", None, None, False
         if use_cache:
             clock = _timer()
             units = image_units(pixel_values, image_grid_thw, self.norm)[0]
             key = self._context_key(input_ids[0, : layout.bg_start + 1], rows, cols)
             if lookup:
                 hit, kind = self.cache.lookup_outcome(key, units)
+            if kind == "rejection" and self.refine:
+                common = self._common_background(key, units, labels.view(rows, cols))
+                if common is not None:
+                    refined_labels = torch.from_numpy(~common.reshape(-1)).long()
+                    refined = bool((refined_labels != labels).any())
+                    labels = refined_labels
             ms["lookup"] = clock()
         if hit is not None:
             labels = torch.from_numpy(hit.object_labels.reshape(-1)).long()
@@ -148,7 +161,7 @@ class BackgroundReuse:
                 clock = _timer()
                 entry = self.cache.insert(key, units, labels.view(rows, cols).bool().numpy(), payload)
                 ms["insert"] = clock()
-            outcome = Outcome(kind, layout.n_background, layout.n_object, entry, entry is not None, None, ms)
+            outcome = Outcome(kind, layout.n_background, layout.n_object, entry, entry is not None, None, ms, refined)
         cache, logits = prefilled
         ms["total"] = total()
         return Prefilled(ids, labels, cache, deltas, logits, outcome)
@@ -185,6 +198,14 @@ class BackgroundReuse:
         return (cache, logits), payload
 
     # ------------------------------------------------------------------ pieces
+    def _common_background(self, key: str, units: np.ndarray, labels: torch.Tensor) -> np.ndarray | None:
+        """B' (rows, cols) bool after a rejection (see the module doc), or None if too small."""
+        shared = self.cache.shared_background(key, units)
+        if shared is None:
+            return None
+        common = shared & ~labels.bool().numpy()
+        return common if common.mean() >= self.cache.min_coverage else None
+
     def _layout(self, input_ids: torch.Tensor) -> _Layout:
         if input_ids.shape[0] != 1:
             raise ValueError("background reuse serves one sequence at a time")

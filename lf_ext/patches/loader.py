@@ -128,7 +128,8 @@ def install_inference_cache(model, model_args) -> None:
         return
     from lf_ext.inference.generate import cache_from_settings, image_norm_of, install_background_cache
 
-    install_background_cache(model, image_norm_of(model_args.model_name_or_path), cache_from_settings(settings))
+    install_background_cache(model, image_norm_of(model_args.model_name_or_path), cache_from_settings(settings),
+                             refine=settings.bgobj_cache_refine)  # fmt: skip
 
 
 def _before_init_adapter(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs) -> None:

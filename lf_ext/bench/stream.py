@@ -1,0 +1,123 @@
+"""``lf-ext bench stream``: a fixed camera with a moving object and a ticking clock, served frame by frame.
+
+The stream: one textured background; in every frame a new object (a unit-aligned square covering
+about ``object_fraction`` of the units) stands at one of ``positions`` places (seeded random order),
+and a small "clock" (3 units in the top-right corner) shows new content. The mask is the object's
+square only, as a detector would give it: the clock is background to the mask, yet it changes in
+every frame, so no frame's background matches an earlier frame exactly.
+
+Three ways to answer each frame's first token, same model instance (random weights, loaded through
+LLaMA-Factory's loader with ``qwen2_vl_bgobj``):
+
+- ``stock``: the stock layout (full vision tower, every token prefilled); its work does not depend
+  on the frame, so it is timed on the first ``stock_frames`` frames and its median used for all;
+- ``cache``: the background cache with ``bgobj_cache_refine: false``: every frame after the first is
+  a rejection (the clock fails verification), answered and inserted like a miss;
+- ``cache+refine``: the default: a rejection answers with the background it shares with the nearest
+  entry and caches that, so after the object has visited each place the frames hit.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lf_ext.bench.report import machine_info, print_table, write_json
+from lf_ext.bench.ttft import UNIT, background_plate, checkpoint, load, prompt_ids, stock_ttft
+
+CLOCK_UNITS = 3
+
+
+def stream_frames(px: int, frames: int, positions: int, object_fraction: float, seed: int = 0):
+    """[(PIL frame, (rows, cols) bool object labels, position index)] for the stream described above."""
+    rng = np.random.default_rng(seed)
+    units = px // UNIT
+    side = max(1, round(units * object_fraction**0.5))
+    if positions * side > units or side >= units - 1:
+        raise ValueError(f"{positions} places for a {side}-unit object do not fit a {units}-unit row")
+    plate = background_plate(px, rng)
+    top = (units - side) // 2 + 1  # below the clock row
+    lefts = [round(i * (units - side) / max(1, positions - 1)) for i in range(positions)]
+    out = []
+    for _ in range(frames):
+        place = int(rng.integers(positions))
+        frame = plate.copy()
+        left = lefts[place]
+        frame[top * UNIT : (top + side) * UNIT, left * UNIT : (left + side) * UNIT] = rng.integers(
+            0, 256, (side * UNIT, side * UNIT, 3), dtype=np.uint8)  # fmt: skip
+        frame[:UNIT, (units - CLOCK_UNITS) * UNIT : units * UNIT] = rng.integers(0, 256, (UNIT, CLOCK_UNITS * UNIT, 3), dtype=np.uint8)
+        labels = np.zeros((units, units), bool)
+        labels[top : top + side, left : left + side] = True
+        out.append((Image.fromarray(frame), labels, place))
+    return out
+
+
+def _serve(reuse, tokenizer, frames, inputs, units: int) -> list[dict]:
+    from lf_ext.layout import separated_placeholder
+
+    served = []
+    for index, ((_, labels, place), frame_inputs) in enumerate(zip(frames, inputs)):
+        flat = torch.from_numpy(labels.reshape(-1)).long()
+        ids = prompt_ids(tokenizer, separated_placeholder(units - int(flat.sum()), int(flat.sum()), "<|image_pad|>"))
+        outcome = reuse.prefill(ids, frame_inputs["pixel_values"], frame_inputs["image_grid_thw"], flat).outcome
+        served.append({"frame": index, "place": place, "kind": outcome.kind, "refined": outcome.refined,
+                       "object_units": outcome.object_units, "ms": outcome.ms["total"]})  # fmt: skip
+        print(f"    frame {index + 1}/{len(frames)} (place {place}): {outcome.kind}"
+              f"{' (refined)' if outcome.refined else ''}, {outcome.object_units} object units, {outcome.ms['total']:.0f} ms", flush=True)  # fmt: skip
+    return served
+
+
+def _row(mode: str, ms: list[float], served: list[dict] | None, stock_ms: float) -> dict:
+    kinds = [s["kind"] for s in served] if served else []
+    mean = float(np.mean(ms))
+    return {"mode": mode, "frames": len(ms), "hits": kinds.count("hit"), "rejections": kinds.count("rejection"),
+            "refined": sum(bool(s["refined"]) for s in served or []), "misses": kinds.count("miss"),
+            "median_ms": float(statistics.median(ms)), "mean_ms": mean, "total_s": sum(ms) / 1000,
+            "speedup_mean": stock_ms / mean}  # fmt: skip
+
+
+COLUMNS = [("mode", "{}"), ("frames", "{}"), ("hits", "{}"), ("rejections", "{}"), ("refined", "{}"), ("misses", "{}"),
+           ("median_ms", "{:.0f}"), ("mean_ms", "{:.0f}"), ("total_s", "{:.1f}"), ("speedup_mean", "{:.2f}")]  # fmt: skip
+
+
+def run_bench_stream(json_out: str | Path, shape: str = "2b", px: int = 448, frames: int = 16, positions: int = 3,
+                     object_fraction: float = 0.1, stock_frames: int = 3, seed: int = 0,
+                     checkpoints: str | Path = "work/bench/checkpoints") -> dict:  # fmt: skip
+    """Serve the stream three ways, print the table, write JSON (rows + every frame's outcome)."""
+    from lf_ext.cache import BackgroundCache
+    from lf_ext.inference.pixel_units import PixelNorm
+    from lf_ext.inference.reuse import BackgroundReuse
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    dtype = "bfloat16" if shape == "2b" else "float32"
+    tokenizer, processor, model = load(checkpoint(shape, checkpoints), px, dtype)
+    stream = stream_frames(px, frames, positions, object_fraction, seed)
+    ip = processor.image_processor
+    inputs = [ip(images=[frame], return_tensors="pt") for frame, _, _ in stream]
+    units = int(inputs[0]["image_grid_thw"].prod()) // ip.merge_size**2
+    stock_ids = prompt_ids(tokenizer, "<|image_pad|>" * units)
+    print(f"stream: {frames} frames, {shape} {px} px, {units} units, object at {positions} places, clock {CLOCK_UNITS} units", flush=True)
+    stock_ms = []
+    for index in range(min(stock_frames, frames)):
+        stock_ms.append(stock_ttft(model, stock_ids, inputs[index]["pixel_values"], inputs[index]["image_grid_thw"])["total"])
+        print(f"    stock frame {index + 1}: {stock_ms[-1]:.0f} ms", flush=True)
+    stock = float(statistics.median(stock_ms))
+    rows, per_frame = [_row("stock", [stock] * frames, None, stock)], {}
+    for mode, refine in (("cache", False), ("cache+refine", True)):
+        print(f"  {mode}:", flush=True)
+        reuse = BackgroundReuse(model, BackgroundCache(8 << 30), PixelNorm.from_image_processor(ip), refine=refine)
+        per_frame[mode] = _serve(reuse, tokenizer, stream, inputs, units)
+        rows.append(_row(mode, [s["ms"] for s in per_frame[mode]], per_frame[mode], stock))
+    print(f"\nStream TTFT (ms; stock = median of {len(stock_ms)} frames; {time.perf_counter() - started:.0f} s)")
+    print_table(rows, COLUMNS)
+    result = {"benchmark": "stream", "machine": machine_info(), "shape": shape, "image_px": px, "dtype": dtype,
+              "frames": frames, "positions": positions, "object_fraction": object_fraction, "clock_units": CLOCK_UNITS,
+              "stock_samples_ms": stock_ms, "rows": rows, "per_frame": per_frame}  # fmt: skip
+    write_json(json_out, result)
+    return result
