@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lf_ext.log import get_logger
+from lf_ext.recipes import recipe
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-RECIPES = REPO_ROOT / "yaml" / "tiny"
 # default budget (steps): with 300/100 the tiny base model stays near the answer priors (27.8 % vs a 24.7 %
 # majority baseline on the scenes); 1500/500 learns more (36 %) and takes ~9 min on 2 idle cores
 BASE_STEPS, EXTRA_STEPS = 1500, 500
@@ -40,7 +39,7 @@ def run_llamafactory(command: str, recipe: str | Path, overrides: dict[str, obje
     args = ["llamafactory-cli", command, str(recipe)] + [f"{k}={v}" for k, v in overrides.items()]
     logger.info("running %s (log: %s)", " ".join(args[:3]), log_file)
     with open(log_file, "w") as log:
-        proc = subprocess.run(args, cwd=REPO_ROOT, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(args, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
@@ -51,11 +50,11 @@ def read_losses(output_dir: Path) -> list[float]:
     return [row["loss"] for row in map(json.loads, log.read_text().splitlines()) if "loss" in row]
 
 
-def train_stage(work: Path, name: str, recipe: str, steps: int, **overrides) -> tuple[Path, list[float]]:
+def train_stage(work: Path, name: str, recipe_name: str, steps: int, **overrides) -> tuple[Path, list[float]]:
     """``llamafactory-cli train yaml/tiny/RECIPE`` for ``steps`` steps into ``work/name``."""
     out = work / name
     overrides = dict(overrides, output_dir=out, max_steps=steps, logging_steps=max(1, min(10, steps // 4)))
-    run_llamafactory("train", RECIPES / recipe, overrides, work / f"{name}.log")
+    run_llamafactory("train", recipe(f"tiny/{recipe_name}"), overrides, work / f"{name}.log")
     return out, read_losses(out)
 
 
@@ -70,20 +69,21 @@ class Adapted:
 
 
 def adapt(work: Path, checkpoint: Path, data: dict[str, object], bgobj_keys: dict[str, object], base_steps: int,
-          extra_steps: int) -> Adapted:  # fmt: skip
+          extra_steps: int, stock_template: str = "qwen2_vl", bgobj_template: str = "qwen2_vl_bgobj") -> Adapted:  # fmt: skip
     """Base, then stock and bgobj (stage 1 + LoRA + export) with the same extra budget.
 
     ``data`` holds the LLaMA-Factory data keys of the train split (``dataset``, ``dataset_dir``,
     ``image_max_pixels``...); ``bgobj_keys`` the ``bgobj_*`` keys of the bgobj stages.
     """
-    base, base_losses = train_stage(work, "base", "stock_sft.yaml", base_steps, model_name_or_path=checkpoint, **data)
-    stock, stock_losses = train_stage(work, "stock", "stock_sft.yaml", extra_steps, model_name_or_path=base, **data)
+    stock_data, bgobj_data = dict(data, template=stock_template), dict(data, template=bgobj_template, **bgobj_keys)
+    base, base_losses = train_stage(work, "base", "stock_sft.yaml", base_steps, model_name_or_path=checkpoint, **stock_data)
+    stock, stock_losses = train_stage(work, "stock", "stock_sft.yaml", extra_steps, model_name_or_path=base, **stock_data)
     stage1_steps = extra_steps * 2 // 5
-    stage1, _ = train_stage(work, "stage1", "stage1_projector.yaml", stage1_steps, model_name_or_path=base, **data,
-                            **bgobj_keys)  # fmt: skip
+    stage1, _ = train_stage(work, "stage1", "stage1_projector.yaml", stage1_steps, model_name_or_path=base, **bgobj_data)
     stage2, bgobj_losses = train_stage(work, "stage2_lora", "stage2_lora.yaml", extra_steps - stage1_steps,
-                                       model_name_or_path=stage1, **data, **bgobj_keys)  # fmt: skip
+                                       model_name_or_path=stage1, **bgobj_data)  # fmt: skip
     merged = work / "merged"
-    run_llamafactory("export", RECIPES / "export.yaml", dict(model_name_or_path=stage1, adapter_name_or_path=stage2,
-                                                             export_dir=merged), work / "export.log")  # fmt: skip
+    run_llamafactory("export", recipe("tiny/export.yaml"), dict(model_name_or_path=stage1, adapter_name_or_path=stage2,
+                                                                export_dir=merged, template=bgobj_template),
+                     work / "export.log")  # fmt: skip
     return Adapted(base, stock, merged, {"base": base_losses, "stock": stock_losses, "bgobj": bgobj_losses})

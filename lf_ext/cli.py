@@ -115,7 +115,7 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
         run_bench_accuracy(args.dataset_dir, args.train, args.test, args.json, workdir=args.workdir,
                            base_steps=args.base_steps, extra_steps=args.extra_steps,
                            image_max_pixels=args.image_max_pixels, image_min_pixels=args.image_min_pixels,
-                           bgobj_keys=keys, limit=args.limit)  # fmt: skip
+                           bgobj_keys=keys, limit=args.limit, arch=args.arch)  # fmt: skip
     elif args.bench_command == "train":
         from lf_ext.bench.train import run_bench_train
 
@@ -139,7 +139,15 @@ def _cmd_yolo_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lf_ext.demo import run_demo
 
-    return run_demo(args.workdir, steps=args.steps, masks=args.masks)
+    return run_demo(args.workdir, steps=args.steps, masks=args.masks, arch=args.arch)
+
+
+def _bgobj_archs() -> list[str]:
+    """Tiny architectures that have a bgobj family."""
+    from lf_ext.families import FAMILY_PATHS
+    from lf_ext.tiny import ARCH_NAMES
+
+    return [arch for arch in ARCH_NAMES if arch in FAMILY_PATHS]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -245,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_acc.add_argument("--image-max-pixels", type=int, default=50176)
     bench_acc.add_argument("--image-min-pixels", type=int, default=None, help="for datasets of small images")
     bench_acc.add_argument("--limit", type=int, default=None, help="at most this many test questions")
+    bench_acc.add_argument("--arch", default="qwen2_vl", choices=_bgobj_archs(), help="model family of the tiny model")
     bench_acc.set_defaults(func=_cmd_bench, takes_bgobj=True)
 
     bench_cache = bench.add_parser("cache", help="background cache lookup latency with many entries")
@@ -257,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=None, help="base training steps (extra budget: a third of it)")
     demo.add_argument("--masks", default="dataset", choices=["dataset", "yolo"],
                       help="bgobj masks: the scenes' own, or a YOLO segmenter trained on them first (slow)")
+    demo.add_argument("--arch", default="qwen2_vl", choices=_bgobj_archs(), help="model family of the tiny model")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

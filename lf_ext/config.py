@@ -1,4 +1,4 @@
-"""The ``bgobj_*`` settings: declaration, strict parsing and the settings active in this process.
+"""The ``bgobj_*`` settings: declaration, strict parsing, and the resolved settings of one command.
 
 LLaMA-Factory rejects unknown keys, so lf_ext takes every ``bgobj_*`` key out of the arguments
 before LLaMA-Factory parses the rest (see ``lf_ext.patches.parser``).
@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 KEY_PREFIX = "bgobj_"
 
@@ -60,7 +60,7 @@ class BgObjArguments:
     # model
     bgobj_prefusion_layers: int = _key(0, "Causal prefusion layers before the LLM (copies of its first N layers, "
                                        "gated shut at start); 0 = off. Only when a checkpoint first gets bgobj.")
-    bgobj_split_projector: bool = _key(False, "Separate background and object projectors (copies of the merger, "
+    bgobj_split_projector: bool = _key(False, "Separate background and object projectors (copies of the model's projector, "
                                        "trained in stage 1). Only when a checkpoint first gets bgobj.")
 
     # training for background reuse
@@ -203,28 +203,44 @@ def split_bgobj_args(args: dict[str, Any] | list[str]) -> tuple[dict[str, Any] |
     return rest_list, found
 
 
-_ACTIVE = BgObjArguments()
+@dataclass(frozen=True)
+class Settings:
+    """The ``bgobj_*`` keys of one LLaMA-Factory command and the LLaMA-Factory arguments given beside
+    them (``dataset``, ``dataset_dir``, ``seed``, ``do_train``...), resolved once when the command's
+    arguments are parsed (:mod:`lf_ext.patches.parser`) and passed explicitly from there."""
+
+    keys: BgObjArguments = field(default_factory=BgObjArguments)
+    lf_args: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "Settings":
+        """Split a LLaMA-Factory argument dict (``bgobj_*`` keys included) and validate the keys."""
+        rest, found = split_bgobj_args(dict(values))
+        return cls(parse_bgobj_args(found), rest)
+
+    def lf(self, key: str, default: Any = None) -> Any:
+        return self.lf_args.get(key, default)
+
+    @property
+    def training(self) -> bool:
+        """True when the command trains (``do_train``), e.g. not chat, api or export."""
+        value = self.lf_args.get("do_train", False)
+        return value.lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
 
 
-def active_settings() -> BgObjArguments:
-    """The settings parsed most recently in this process (defaults before any parse)."""
-    return _ACTIVE
+SETTINGS_ATTR = "lf_ext_settings"
 
 
-_LF_ARGS: dict[str, Any] = {}
+def attach_settings(parsed_args: Any, settings: Settings) -> None:
+    """Give one of LLaMA-Factory's parsed argument objects (model, data, training... arguments) the
+    settings of its command: they travel with those objects into ``load_model``, the template, the collator."""
+    setattr(parsed_args, SETTINGS_ATTR, settings)
 
 
-def set_active_settings(settings: BgObjArguments, lf_args: dict[str, Any] | None = None) -> None:
-    """Record the settings (and the LLaMA-Factory arguments beside them, e.g. ``dataset_dir``)."""
-    global _ACTIVE, _LF_ARGS
-    _ACTIVE = settings
-    if lf_args is not None:
-        _LF_ARGS = dict(lf_args)
-
-
-def active_lf_args() -> dict[str, Any]:
-    """The LLaMA-Factory arguments parsed with the active settings (empty if given as argv)."""
-    return _LF_ARGS
+def settings_of(parsed_args: Any) -> Settings:
+    """The settings attached to LLaMA-Factory arguments (defaults when they were built without the parser)."""
+    found = getattr(parsed_args, SETTINGS_ATTR, None)
+    return found if isinstance(found, Settings) else Settings()
 
 
 def describe_keys() -> str:

@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from lf_ext.adaptation import BASE_STEPS, EXTRA_STEPS, REPO_ROOT, adapt
+from lf_ext.adaptation import BASE_STEPS, EXTRA_STEPS, adapt
+from lf_ext.families import family_for_type
 from lf_ext.log import get_logger
 
 logger = get_logger()
@@ -50,43 +51,45 @@ def _no_cache(keys: dict) -> dict:
 
 
 def run_demo(workdir: str | Path = "work/demo", steps: int | None = None, eval_limit: int | None = None,
-             masks: str = "dataset") -> int:  # fmt: skip
+             masks: str = "dataset", arch: str = "qwen2_vl") -> int:  # fmt: skip
     """Build, train stock and bgobj with the same budget, answer test questions and print a report."""
-    from lf_ext.bench.accuracy import forced_hits
-    from lf_ext.evaluate import exact_match, load_records, majority_baseline
+    from lf_ext.eval.forcing import forced_hits
+    from lf_ext.eval.runner import exact_match, load_records, majority_baseline
     from lf_ext.scenes import generate_scenes
     from lf_ext.tiny.checkpoint import build_checkpoint
 
-    work = (REPO_ROOT / workdir).resolve()
+    work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     base_steps, extra = (steps, max(2, steps // 3)) if steps else (BASE_STEPS, EXTRA_STEPS)
-    checkpoint = build_checkpoint("qwen2_vl", work / "tiny_qwen2_vl", seed=0)
+    family = family_for_type(arch)
+    checkpoint = build_checkpoint(arch, work / f"tiny_{arch}", seed=0)
     scenes = work / "scenes"
     if not (scenes / "dataset_info.json").exists():
         generate_scenes(scenes, seed=0)
     keys = mask_settings(work, scenes, masks)
-    adapted = adapt(work, checkpoint, {"dataset_dir": scenes}, keys, base_steps, extra)
+    adapted = adapt(work, checkpoint, {"dataset_dir": scenes}, keys, base_steps, extra, stock_template=family.stock_template,
+                    bgobj_template=family.template)  # fmt: skip
     stock, merged = adapted.stock, adapted.bgobj
     base_losses, stock_losses, bgobj_losses = (adapted.losses[k] for k in ("base", "stock", "bgobj"))
-    test = load_records(scenes, "scenes_test.json", limit=eval_limit)
+    test = load_records(scenes, "scenes_test", limit=eval_limit)
     results = {
-        "stock": exact_match(stock, "qwen2_vl", scenes, test),
-        "bgobj": exact_match(merged, "qwen2_vl_bgobj", scenes, test, extra_args=_no_cache(eval_mask_settings(keys, scenes))),
-        "bgobj+cache": forced_hits(merged, scenes, test, eval_mask_settings(keys, scenes), 50176),
+        "stock": exact_match(stock, family.stock_template, scenes, test),
+        "bgobj": exact_match(merged, family.template, scenes, test, extra_args=_no_cache(eval_mask_settings(keys, scenes))),
+        "bgobj+cache": forced_hits(merged, family.template, scenes, test, eval_mask_settings(keys, scenes), 50176),
     }
-    baseline = majority_baseline(load_records(scenes, "scenes_train.json"), test)
-    _print_report(base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, time.time() - t0)
+    baseline = majority_baseline(load_records(scenes, "scenes_train"), test)
+    _print_report(family, base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, time.time() - t0)
     (work / "demo_result.json").write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "examples"}
                                                        for k, v in results.items()}, indent=1))  # fmt: skip
     return 0
 
 
-def _print_report(base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, total_s) -> None:
-    print("\n=== lf_ext demo: tiny Qwen2-VL on the synthetic scenes ===")
+def _print_report(family, base_steps, extra, base_losses, stock_losses, bgobj_losses, results, baseline, keys, total_s) -> None:
+    print(f"\n=== lf_ext demo: tiny {family.name} on the synthetic scenes ===")
     print(f"base   stock template, {base_steps} steps from random weights: loss {base_losses[0]:.3f} -> {base_losses[-1]:.3f}")
-    print(f"stock  base + {extra} steps, stock template (qwen2_vl): loss -> {stock_losses[-1]:.3f}")
-    print(f"bgobj  base + {extra} steps, stage 1 + stage 2 LoRA (qwen2_vl_bgobj, masks: {keys['bgobj_mask_provider']}),"
+    print(f"stock  base + {extra} steps, stock template ({family.stock_template}): loss -> {stock_losses[-1]:.3f}")
+    print(f"bgobj  base + {extra} steps, stage 1 + stage 2 LoRA ({family.template}, masks: {keys['bgobj_mask_provider']}),"
           f" exported: loss -> {bgobj_losses[-1]:.3f}")  # fmt: skip
     columns = ("stock", "bgobj", "bgobj+cache")
     print(f"\n{'question type':<16}{'n':>5}" + "".join(f"{name:>13}" for name in columns))

@@ -1,14 +1,48 @@
-"""The separated layout of one image: ``[BG_START] background [BG_END] [OBJ_START] object [OBJ_END]``."""
+"""The separated layout: which token units are background, object or dropped, and how they become tokens.
+
+Each media item (an image; a video clip later) becomes::
+
+    [BG_START] background tokens [BG_END] [OBJ_START] object tokens [OBJ_END]
+
+An :class:`ImageLayout` holds, for every item, its grid of *token units* (one unit = the pixels one
+visual token stands for: a 2x2-merged 28-px square for Qwen2-VL, a 14-px patch for LLaVA-1.5) as
+``(slices, rows, cols)`` and one :class:`Group` per unit. Tokens appear group by group: the
+background units in ``(slice, row, col)`` order, then the object units in the same order; dropped
+units get no token and are never encoded. The plugin builds the layout once per batch and hands it
+to the model as one tensor (:meth:`ImageLayout.pack`) under ``mm_inputs[LAYOUT_KEY]``; the vision
+encoding, the positions, the background cache and sibling training all read that one object.
+"""
 
 from __future__ import annotations
 
+import contextvars
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Iterable, Sequence
+
+import torch
+
 BG_START, BG_END, OBJ_START, OBJ_END = "[BG_START]", "[BG_END]", "[OBJ_START]", "[OBJ_END]"
 SEPARATORS = (BG_START, BG_END, OBJ_START, OBJ_END)
+LAYOUT_KEY = "bgobj_layout"
+PACK_VERSION = 1
+
+Grid = tuple[int, int, int]  # (slices, rows, cols) in token units
+
+# The layout of the batch LLaMA-Factory's collator is computing position ids for: set only by the
+# collator patch (``lf_ext.patches.collator``), the one place LLaMA-Factory gives no other channel.
+COLLATING_LAYOUT: contextvars.ContextVar["ImageLayout | None"] = contextvars.ContextVar("bgobj_collating_layout", default=None)
 
 
-def separated_placeholder(n_background: int, n_object: int, image_token: str) -> str:
-    """Token text for one image's visual tokens in the separated layout."""
-    return f"{BG_START}{image_token * n_background}{BG_END}{OBJ_START}{image_token * n_object}{OBJ_END}"
+class Group(IntEnum):
+    """What becomes of one token unit."""
+
+    BACKGROUND = 0
+    OBJECT = 1
+    DROPPED = 2
+
+
+TOKEN_GROUPS = (Group.BACKGROUND, Group.OBJECT)
 
 
 def add_separator_tokens(tokenizer) -> list[int]:
@@ -24,3 +58,226 @@ def separator_ids(tokenizer) -> list[int]:
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
         raise ValueError(f"the tokenizer lacks the bgobj separator tokens {SEPARATORS}")
     return ids
+
+
+def has_separators(tokenizer) -> bool:
+    vocab = tokenizer.get_vocab()
+    return all(token in vocab for token in SEPARATORS)
+
+
+def separated_placeholder(n_background: int, n_object: int, image_token: str) -> str:
+    """Token text for one item's visual tokens in the separated layout."""
+    return f"{BG_START}{image_token * n_background}{BG_END}{OBJ_START}{image_token * n_object}{OBJ_END}"
+
+
+@dataclass(frozen=True, eq=False)
+class ImageLayout:
+    """Grids and unit groups of a sequence of media items (see the module docstring).
+
+    Args:
+        grids: per item ``(slices, rows, cols)`` of token units.
+        groups: int8 ``[Σ slices*rows*cols]``, a :class:`Group` per unit, item after item, each item
+            in ``(slice, row, col)`` row-major order (kept on the CPU).
+    """
+
+    grids: tuple[Grid, ...]
+    groups: torch.Tensor
+
+    def __post_init__(self):
+        grids = tuple(tuple(int(v) for v in grid) for grid in self.grids)
+        if any(len(grid) != 3 or min(grid) < 1 for grid in grids):
+            raise ValueError(f"layout grids must be (slices, rows, cols) with sizes >= 1, got {grids}")
+        groups = torch.as_tensor(self.groups).detach().reshape(-1).to("cpu")
+        if groups.is_floating_point():
+            raise ValueError("layout groups must be integers: 0 background, 1 object, 2 dropped")
+        total = sum(t * r * c for t, r, c in grids)
+        if groups.numel() != total:
+            raise ValueError(f"layout has {groups.numel()} unit groups for grids {list(grids)} ({total} units)")
+        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) > int(Group.DROPPED)):
+            raise ValueError("layout groups must be 0 (background), 1 (object) or 2 (dropped)")
+        object.__setattr__(self, "grids", grids)
+        object.__setattr__(self, "groups", groups.to(torch.int8).contiguous())
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_labels(cls, grids: Iterable[Sequence[int]], object_labels: torch.Tensor) -> "ImageLayout":
+        """From one object label per unit (bool, or integers 0/1), no unit dropped."""
+        labels = torch.as_tensor(object_labels).detach().reshape(-1).cpu()
+        if labels.dtype != torch.bool:
+            if labels.is_floating_point() or not bool(((labels == 0) | (labels == 1)).all()):
+                raise ValueError("object labels must be bool or integers in {0, 1} (0 = background, 1 = object)")
+        return cls(tuple(tuple(g) for g in grids), labels.to(torch.int8))
+
+    @classmethod
+    def concat(cls, layouts: Iterable["ImageLayout"]) -> "ImageLayout":
+        layouts = list(layouts)
+        grids = tuple(grid for layout in layouts for grid in layout.grids)
+        groups = torch.cat([layout.groups for layout in layouts]) if layouts else torch.zeros(0, dtype=torch.int8)
+        return cls(grids, groups)
+
+    @classmethod
+    def coerce(cls, value) -> "ImageLayout | None":
+        """A layout from what travels in ``mm_inputs`` (a packed tensor), or None."""
+        if value is None or isinstance(value, ImageLayout):
+            return value
+        return cls.unpack(value)
+
+    # ------------------------------------------------------------------ items
+    def __len__(self) -> int:
+        return len(self.grids)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Units per item."""
+        return [t * r * c for t, r, c in self.grids]
+
+    def offset(self, item: int) -> int:
+        """Index of the item's first unit in :attr:`groups`."""
+        return sum(self.sizes[:item])
+
+    def item(self, item: int) -> "ImageLayout":
+        return ImageLayout((self.grids[item],), self.item_groups(item).reshape(-1))
+
+    def items(self) -> list["ImageLayout"]:
+        return [self.item(i) for i in range(len(self))]
+
+    def item_groups(self, item: int) -> torch.Tensor:
+        """The item's groups as ``(slices, rows, cols)`` int8."""
+        start = self.offset(item)
+        return self.groups[start : start + self.sizes[item]].view(self.grids[item])
+
+    def count(self, group: Group, item: int | None = None) -> int:
+        groups = self.groups if item is None else self.item_groups(item)
+        return int((groups == int(group)).sum())
+
+    def n_background(self, item: int) -> int:
+        return self.count(Group.BACKGROUND, item)
+
+    def n_object(self, item: int) -> int:
+        return self.count(Group.OBJECT, item)
+
+    def n_tokens(self, item: int | None = None) -> int:
+        """Visual tokens of one item (or of all): its background and object units."""
+        return self.count(Group.BACKGROUND, item) + self.count(Group.OBJECT, item)
+
+    def object_labels(self, item: int) -> torch.Tensor:
+        """(slices, rows, cols) bool: True where the unit is object."""
+        return self.item_groups(item) == int(Group.OBJECT)
+
+    def token_units(self, item: int, groups: Sequence[Group] = TOKEN_GROUPS) -> torch.Tensor:
+        """Unit indices (within the item, flat) in token order, for the given groups in that order."""
+        flat = self.item_groups(item).reshape(-1)
+        return torch.cat([torch.nonzero(flat == int(group), as_tuple=True)[0] for group in groups])
+
+    def placeholder(self, item: int, image_token: str) -> str:
+        return separated_placeholder(self.n_background(item), self.n_object(item), image_token)
+
+    def with_item(self, item: int, groups: torch.Tensor) -> "ImageLayout":
+        """The same layout with one item's groups replaced (e.g. by a cache entry's split)."""
+        start = self.offset(item)
+        new = self.groups.clone()
+        new[start : start + self.sizes[item]] = torch.as_tensor(groups).reshape(-1).to(torch.int8)
+        return ImageLayout(self.grids, new)
+
+    # ------------------------------------------------------------------ transport
+    def pack(self) -> torch.Tensor:
+        """One int64 tensor: ``[version, items, (slices, rows, cols) per item..., groups...]``."""
+        header = [PACK_VERSION, len(self.grids)] + [v for grid in self.grids for v in grid]
+        return torch.cat([torch.tensor(header, dtype=torch.long), self.groups.long()])
+
+    @classmethod
+    def unpack(cls, packed: torch.Tensor) -> "ImageLayout":
+        values = torch.as_tensor(packed).detach().reshape(-1).cpu().long()
+        if values.numel() < 2 or int(values[0]) != PACK_VERSION:
+            raise ValueError(f"{LAYOUT_KEY} is not a packed ImageLayout (version {PACK_VERSION})")
+        items = int(values[1])
+        header = values[2 : 2 + 3 * items].view(items, 3).tolist() if items else []
+        return cls(tuple(tuple(g) for g in header), values[2 + 3 * items :])
+
+
+@dataclass(frozen=True)
+class SeparatorIds:
+    """Token ids of the separators and of the visual token."""
+
+    bg_start: int
+    bg_end: int
+    obj_start: int
+    obj_end: int
+    image: int
+
+    @classmethod
+    def of(cls, separator_ids: Sequence[int], image_token_id: int) -> "SeparatorIds":
+        return cls(*[int(i) for i in separator_ids], int(image_token_id))
+
+
+@dataclass(frozen=True)
+class Span:
+    """Where one item's separated tokens sit in a token sequence."""
+
+    bg_start: int  # index of [BG_START]
+    n_background: int
+    n_object: int
+
+    @property
+    def bg_end(self) -> int:
+        return self.bg_start + self.n_background + 1
+
+    @property
+    def prefix_end(self) -> int:
+        """One past [BG_END]: everything before it depends on the background only."""
+        return self.bg_end + 1
+
+    @property
+    def obj_end(self) -> int:
+        return self.bg_end + self.n_object + 2
+
+    @property
+    def end(self) -> int:
+        return self.obj_end + 1
+
+
+def find_spans(ids: Sequence[int], tokens: SeparatorIds) -> list[Span]:
+    """Parse the separated items of one token sequence; raises ValueError on a malformed layout."""
+    ids = list(ids)
+    spans, i = [], 0
+    while i < len(ids):
+        if ids[i] == tokens.image:
+            raise ValueError(f"visual token at {i} outside the [BG_START]/[OBJ_START] layout")
+        if ids[i] != tokens.bg_start:
+            i += 1
+            continue
+        start, j = i, i + 1
+        while j < len(ids) and ids[j] == tokens.image:
+            j += 1
+        n_background = j - start - 1
+        if ids[j : j + 2] != [tokens.bg_end, tokens.obj_start]:
+            raise ValueError(f"malformed separated layout after [BG_START] at {start}: expected [BG_END][OBJ_START]")
+        k = j + 2
+        while k < len(ids) and ids[k] == tokens.image:
+            k += 1
+        if k >= len(ids) or ids[k] != tokens.obj_end:
+            raise ValueError(f"malformed separated layout after [BG_START] at {start}: expected [OBJ_END]")
+        spans.append(Span(start, n_background, k - j - 2))
+        i = k + 1
+    return spans
+
+
+def check_spans(spans: Sequence[Span], layout: ImageLayout) -> None:
+    """Raise unless the token sequence's items have the layout's token counts."""
+    if len(spans) != len(layout):
+        raise ValueError(f"{len(spans)} separated items in the tokens, {len(layout)} in the layout")
+    for item, span in enumerate(spans):
+        expected = (layout.n_background(item), layout.n_object(item))
+        if (span.n_background, span.n_object) != expected:
+            raise ValueError(f"item {item}: {span.n_background} + {span.n_object} visual tokens in the sequence, "
+                             f"the layout gives {expected[0]} + {expected[1]}")  # fmt: skip
+
+
+def respan(ids: torch.Tensor, span: Span, n_background: int, n_object: int, tokens: SeparatorIds) -> torch.Tensor:
+    """A (1, n) sequence with one item's token counts changed (a cache hit serves the entry's split)."""
+    if (span.n_background, span.n_object) == (n_background, n_object):
+        return ids
+    row = ids[0]
+    new = torch.tensor([tokens.bg_start] + [tokens.image] * n_background + [tokens.bg_end, tokens.obj_start]
+                       + [tokens.image] * n_object + [tokens.obj_end], dtype=row.dtype, device=row.device)  # fmt: skip
+    return torch.cat([row[: span.bg_start], new, row[span.end :]]).unsqueeze(0)

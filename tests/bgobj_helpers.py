@@ -62,3 +62,10 @@ def encode(tokenizer_module, template, images: list[str], question: str = QUESTI
     inputs.pop("mm_token_type_ids", None)
     input_ids = torch.tensor([prompt_ids])
     return input_ids, inputs
+
+
+def unit_labels(inputs) -> torch.Tensor:
+    """The object label (1) / background label (0) of every unit of the inputs' layout, flat, long."""
+    from lf_ext.layout import LAYOUT_KEY, ImageLayout
+
+    return ImageLayout.coerce(inputs[LAYOUT_KEY]).groups.long()

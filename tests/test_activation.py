@@ -51,10 +51,12 @@ def test_register_respects_env_switch(monkeypatch):
 def test_llamafactory_parser_accepts_and_records_bgobj_keys():
     from llamafactory.hparams import get_infer_args
 
-    from lf_ext.config import BgObjConfigError, active_settings
+    from lf_ext.config import BgObjConfigError, settings_of
 
-    get_infer_args({"model_name_or_path": "unused", "template": "qwen2_vl", "bgobj_mask_provider": "none"})
-    assert active_settings().bgobj_mask_provider == "none"
+    parsed = get_infer_args({"model_name_or_path": "unused", "template": "qwen2_vl", "bgobj_mask_provider": "entropy",
+                             "dataset": "mine"})  # fmt: skip
+    for args in parsed:  # every parsed argument object carries the command's settings
+        assert settings_of(args).keys.bgobj_mask_provider == "entropy" and settings_of(args).lf("dataset") == "mine"
     with pytest.raises(BgObjConfigError, match="Valid keys: bgobj_mask_provider"):
         get_infer_args({"model_name_or_path": "unused", "template": "qwen2_vl", "bgobj_mask_provdier": "none"})
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from PIL import Image
 
-from bgobj_helpers import encode, load_for_inference, masked_dataset
+from bgobj_helpers import encode, load_for_inference, masked_dataset, unit_labels
 from lf_ext.cache import BackgroundCache
-from lf_ext.inference.pixel_units import PixelNorm, image_units
+from lf_ext.families import family_of
 from lf_ext.inference.reuse import BG_TOKENS, BackgroundReuse
-from lf_ext.models.separated_vision import encode_object_units, separated_vision_forward
+from lf_ext.layout import LAYOUT_KEY, Group, ImageLayout
 
 ARCHS = ["qwen2_vl", "qwen2_5_vl"]
 
@@ -29,24 +29,29 @@ def loaded(request, tiny_dir, tmp_path_factory):
                                                            bgobj_split_projector=True)  # fmt: skip
     with torch.no_grad():  # open the prefusion gate so the prefusion KV matters
         model.model.visual.bgobj.prefusion.gates.fill_(0.7)
-    norm = PixelNorm.from_image_processor(tokenizer_module["processor"].image_processor)
-    return data, tokenizer_module, template, model, norm
+    pixels = family_of(model).pixel_units(tokenizer_module["processor"].image_processor)
+    return data, tokenizer_module, template, model, pixels
 
 
 def _inputs(loaded, name):
     data, tokenizer_module, template, _, _ = loaded
     ids, inputs = encode(tokenizer_module, template, [str(data / name)])
-    return ids, inputs["pixel_values"], inputs["image_grid_thw"], inputs["bgobj_unit_labels"]
+    return ids, inputs["pixel_values"], ImageLayout.unpack(inputs[LAYOUT_KEY])
+
+
+def _labels(layout: ImageLayout) -> torch.Tensor:
+    return layout.object_labels(0).reshape(-1).long()
 
 
 def _reuse(loaded, refine=True, **cache_args):
-    return BackgroundReuse(loaded[3], BackgroundCache(1 << 30, **cache_args), loaded[4], refine=refine)
+    model = loaded[3]
+    return BackgroundReuse(model, family_of(model), BackgroundCache(1 << 30, **cache_args), loaded[4], refine=refine)
 
 
 def test_pixel_units_are_the_resized_image(loaded):
     data, tokenizer_module, *_ = loaded
-    _, pixel_values, grid, _ = _inputs(loaded, "img1.png")
-    units = image_units(pixel_values, grid, loaded[4])[0]
+    _, pixel_values, layout = _inputs(loaded, "img1.png")
+    units = loaded[4].units(pixel_values, layout, 0)[0]
     rows, cols = units.shape[:2]
     resized = np.asarray(Image.open(data / "img1.png").convert("RGB").resize((cols * 28, rows * 28), Image.BICUBIC))
     as_image = units.transpose(0, 2, 1, 3, 4).reshape(rows * 28, cols * 28, 3)
@@ -55,36 +60,35 @@ def test_pixel_units_are_the_resized_image(loaded):
 
 def test_object_only_encoding_equals_the_object_rows(loaded):
     model = loaded[3]
-    _, pixel_values, grid, labels = _inputs(loaded, "img1.png")
-    visual = model.model.visual
-    merge = lambda h, o: visual.bgobj("merge", h, o)  # noqa: E731
-    full = separated_vision_forward(visual, pixel_values, grid, labels, merge)
-    objects = encode_object_units(visual, pixel_values, grid, labels, merge)
-    n_obj = int(labels.sum())
-    assert 0 < n_obj < labels.numel()
+    _, pixel_values, layout = _inputs(loaded, "img1.png")
+    family = family_of(model)
+    full = family.encode(model, pixel_values, layout)
+    objects = family.encode(model, pixel_values, layout, groups=(Group.OBJECT,))
+    n_obj = layout.n_object(0)
+    assert 0 < n_obj < layout.sizes[0]
     torch.testing.assert_close(objects, full[-n_obj:], rtol=0, atol=1e-5)
 
 
 def test_hit_logits_equal_recompute(loaded):
     """Invariant 3: a hit equals recomputing the layout from the cached background tokens + new object tokens."""
     model = loaded[3]
+    family = family_of(model)
     reuse = _reuse(loaded)
     first = reuse.prefill(*_inputs(loaded, "img0.png"))
     assert first.outcome.kind == "miss" and first.outcome.inserted
-    ids, pixel_values, grid, labels = _inputs(loaded, "img1.png")
-    hit = reuse.prefill(ids, pixel_values, grid, labels)
+    ids, pixel_values, layout = _inputs(loaded, "img1.png")
+    hit = reuse.prefill(ids, pixel_values, layout)
     assert hit.outcome.kind == "hit" and hit.outcome.entry_id == first.outcome.entry_id
     assert hit.outcome.max_unit_distance == 0.0  # the test images share their background exactly
 
     # recompute without the cache: cached background tokens + freshly encoded object tokens, one full forward
     (entry_id,) = reuse.cache.entry_ids()
-    cached_bg = reuse.cache.lookup(reuse._context_key(ids[0, : int((ids[0] == reuse.bg_start).nonzero()) + 1],
-                                                      *(int(v) // 2 for v in grid[0, 1:])),
-                                   image_units(pixel_values, grid, loaded[4])[0]).payload[BG_TOKENS]  # fmt: skip
-    visual = model.model.visual
-    objects = separated_vision_forward(visual, pixel_values, grid, hit.unit_labels, lambda h, o: visual.bgobj("merge", h, o))
-    features = torch.cat([cached_bg, objects[-int(hit.unit_labels.sum()) :]])
-    positions, _ = model.model.get_rope_index(hit.input_ids, image_grid_thw=grid, bgobj_unit_labels=hit.unit_labels)
+    prefix = ids[0, : int((ids[0] == reuse.tokens.bg_start).nonzero()) + 1]
+    units = loaded[4].units(pixel_values, layout, 0)[0]
+    cached_bg = reuse.cache.lookup(reuse._context_key(prefix, units.shape[:2]), units).payload[BG_TOKENS]
+    objects = family.encode(model, pixel_values, hit.layout)
+    features = torch.cat([cached_bg, objects[-hit.layout.n_object(0) :]])
+    positions = family.positions(model, hit.input_ids, hit.layout)
     with torch.no_grad():
         hidden = reuse._llm(reuse._embed(hit.input_ids, features), positions, None)
         recompute = model.lm_head(hidden[:, -1]).float()
@@ -92,8 +96,7 @@ def test_hit_logits_equal_recompute(loaded):
 
     # and the model's own forward (no cache at all) on the new image with the hit's layout agrees too
     with torch.no_grad():
-        out = model(input_ids=hit.input_ids, pixel_values=pixel_values, image_grid_thw=grid,
-                    bgobj_unit_labels=hit.unit_labels, position_ids=positions)  # fmt: skip
+        out = model(input_ids=hit.input_ids, pixel_values=pixel_values, bgobj_layout=hit.layout.pack(), position_ids=positions)
     torch.testing.assert_close(hit.logits, out.logits[:, -1].float(), rtol=0, atol=1e-5)
 
 
@@ -102,13 +105,13 @@ def test_partial_prefill_then_last_token_matches(loaded):
     model = loaded[3]
     reuse = _reuse(loaded)
     reuse.prefill(*_inputs(loaded, "img0.png"))
-    ids, pixel_values, grid, labels = _inputs(loaded, "img2.png")
-    full = reuse.prefill(ids, pixel_values, grid, labels, use_cache=False)
-    part = reuse.prefill(ids, pixel_values, grid, labels, upto=ids.shape[1] - 1)
+    ids, pixel_values, layout = _inputs(loaded, "img2.png")
+    full = reuse.prefill(ids, pixel_values, layout, use_cache=False)
+    part = reuse.prefill(ids, pixel_values, layout, upto=ids.shape[1] - 1)
     assert part.outcome.kind == "hit"
-    model.model.rope_deltas = part.rope_deltas
     with torch.no_grad():
-        out = model(input_ids=part.input_ids[:, -1:], past_key_values=part.past_key_values, use_cache=True)
+        out = model(input_ids=part.input_ids[:, -1:], past_key_values=part.past_key_values, use_cache=True,
+                    position_ids=part.position_ids[..., -1:])  # fmt: skip
     torch.testing.assert_close(out.logits[:, -1].float(), full.logits, rtol=0, atol=1e-5)
 
 
@@ -116,10 +119,10 @@ def test_different_background_is_never_served(loaded):
     """Invariant 4: a background that differs beyond the threshold is a rejection and is recomputed."""
     reuse = _reuse(loaded, refine=False)
     reuse.prefill(*_inputs(loaded, "img0.png"))
-    ids, pixel_values, grid, labels = _inputs(loaded, "changed_bg.png")
-    result = reuse.prefill(ids, pixel_values, grid, labels)
+    ids, pixel_values, layout = _inputs(loaded, "changed_bg.png")
+    result = reuse.prefill(ids, pixel_values, layout)
     assert result.outcome.kind == "rejection"
-    fresh = reuse.prefill(ids, pixel_values, grid, labels, use_cache=False)
+    fresh = reuse.prefill(ids, pixel_values, layout, use_cache=False)
     torch.testing.assert_close(result.logits, fresh.logits, rtol=0, atol=1e-6)
     stats = reuse.cache.stats()
     assert stats["hits"] == 0 and stats["rejections"] == 1 and stats["entries"] == 2
@@ -130,26 +133,26 @@ def test_rejection_refines_to_the_shared_background(loaded):
     the background it shares with the entry, which is cached and serves the next change of the stripe.
     Every answer equals a fresh computation of the layout it used."""
     reuse = _reuse(loaded)
-    _, first_pixels, first_grid, first_labels = _inputs(loaded, "img0.png")
+    _, first_pixels, first_layout = _inputs(loaded, "img0.png")
     reuse.prefill(*_inputs(loaded, "img0.png"))
-    ids, pixel_values, grid, labels = _inputs(loaded, "changed_bg.png")
-    refined = reuse.prefill(ids, pixel_values, grid, labels)
+    ids, pixel_values, layout = _inputs(loaded, "changed_bg.png")
+    refined = reuse.prefill(ids, pixel_values, layout)
     assert refined.outcome.kind == "rejection" and refined.outcome.refined and refined.outcome.inserted
 
-    before = image_units(first_pixels, first_grid, loaded[4])[0].astype(int)
-    after = image_units(pixel_values, grid, loaded[4])[0].astype(int)
+    before = loaded[4].units(first_pixels, first_layout, 0)[0].astype(int)
+    after = loaded[4].units(pixel_values, layout, 0)[0].astype(int)
     changed = np.abs(before - after).reshape(*before.shape[:2], -1).mean(-1) > 4.0  # the cache's default threshold
-    entry_object = first_labels.view(changed.shape).bool().numpy()  # outside the entry's B
-    own = labels.view(changed.shape).bool().numpy()  # no mask for this image: all background
+    entry_object = _labels(first_layout).view(changed.shape).bool().numpy()  # outside the entry's B
+    own = _labels(layout).view(changed.shape).bool().numpy()  # no mask for this image: all background
     assert changed.any() and entry_object.any() and not (changed & entry_object).any()
     np.testing.assert_array_equal(refined.unit_labels.view(changed.shape).bool().numpy(), entry_object | own | changed)
-    fresh = reuse.prefill(ids, pixel_values, grid, refined.unit_labels, use_cache=False)
+    fresh = reuse.prefill(refined.input_ids, pixel_values, refined.layout, use_cache=False)
     torch.testing.assert_close(refined.logits, fresh.logits, rtol=0, atol=1e-6)
 
-    ids, pixel_values, grid, labels = _inputs(loaded, "changed_again.png")
-    hit = reuse.prefill(ids, pixel_values, grid, labels)
+    ids, pixel_values, layout = _inputs(loaded, "changed_again.png")
+    hit = reuse.prefill(ids, pixel_values, layout)
     assert hit.outcome.kind == "hit" and hit.outcome.entry_id == refined.outcome.entry_id
-    fresh = reuse.prefill(ids, pixel_values, grid, hit.unit_labels, use_cache=False)
+    fresh = reuse.prefill(hit.input_ids, pixel_values, hit.layout, use_cache=False)
     torch.testing.assert_close(hit.logits, fresh.logits, rtol=0, atol=1e-5)
 
     plain = _reuse(loaded, refine=False)
@@ -161,21 +164,20 @@ def test_refinement_keeps_at_least_min_coverage(loaded):
     """A common background below ``min_coverage`` is not used: the rejection keeps the request's own split."""
     reuse = _reuse(loaded, min_coverage=0.8)  # img0's B: 39 of 48 units; shared with changed_bg: 36 of 48
     assert reuse.prefill(*_inputs(loaded, "img0.png")).outcome.inserted
-    ids, pixel_values, grid, labels = _inputs(loaded, "changed_bg.png")
-    result = reuse.prefill(ids, pixel_values, grid, labels)
+    ids, pixel_values, layout = _inputs(loaded, "changed_bg.png")
+    result = reuse.prefill(ids, pixel_values, layout)
     assert result.outcome.kind == "rejection" and not result.outcome.refined
-    assert torch.equal(result.unit_labels, labels.reshape(-1).long())
+    assert torch.equal(result.unit_labels, _labels(layout))
 
 
 def test_generate_with_cache_matches_stock_generate(loaded):
     """``model.generate`` through the installed cache answers exactly like without it, miss and hit."""
-    from lf_ext.inference.generate import install_background_cache
+    from lf_ext.inference.runtime import BgObjRuntime, attach_runtime
 
-    data, tokenizer_module, template, model, norm = loaded
+    data, tokenizer_module, template, model, pixels = loaded
     answers = {}
     for cached in (False, True):
-        if cached:
-            install_background_cache(model, norm, max_bytes=1 << 30)
+        runtime = attach_runtime(model, BgObjRuntime(model, family_of(model), _reuse(loaded) if cached else None))
         for name in ("img0.png", "img1.png", "img3.png"):
             ids, inputs = encode(tokenizer_module, template, [str(data / name)])
             tokens = (ids[0] == model.config.image_token_id).long()[None]
@@ -183,7 +185,7 @@ def test_generate_with_cache_matches_stock_generate(loaded):
                                  max_new_tokens=6, do_sample=False, output_scores=True, return_dict_in_generate=True,
                                  **inputs)  # fmt: skip
             answers[cached, name] = out.sequences[0, ids.shape[1] :].tolist(), torch.stack(out.scores).float()
-    stats = model._lf_ext_background_cache.stats()
+    stats = runtime.stats()
     assert stats["hits"] == 2 and stats["misses"] == 1
     for name in ("img0.png", "img1.png", "img3.png"):
         assert answers[True, name][0] == answers[False, name][0], name
@@ -197,8 +199,8 @@ def test_hit_from_the_disk_tier_is_exact(loaded, tmp_path):
     memory.prefill(*_inputs(loaded, "img0.png"))
     expected = memory.prefill(*_inputs(loaded, "img1.png"))
     one_entry = memory.cache.stats()["bytes"]
-    small = BackgroundReuse(loaded[3], BackgroundCache(int(one_entry * 1.5), disk_dir=tmp_path / "disk"), loaded[4],
-                            refine=False)  # refinement would serve img1 from changed_bg's entry in memory  # fmt: skip
+    small = BackgroundReuse(loaded[3], family_of(loaded[3]), BackgroundCache(int(one_entry * 1.5), disk_dir=tmp_path / "disk"),
+                            loaded[4], refine=False)  # refinement would serve img1 from changed_bg's entry in memory  # fmt: skip
     small.prefill(*_inputs(loaded, "img0.png"))
     small.prefill(*_inputs(loaded, "changed_bg.png"))  # a second background pushes the first to disk
     assert small.cache.stats()["disk_entries"] == 1

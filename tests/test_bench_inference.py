@@ -77,12 +77,12 @@ def test_forced_hits_count_hits_and_false_hits(tiny_dir, tmp_path):
     """One plate, four objects. Labelled as one background, every question is answered from a sibling's
     cached background (a true hit). Labelled as two backgrounds with identical pixels, hits across
     the two labels are counted as false hits."""
-    from lf_ext.bench.accuracy import forced_hits
+    from lf_ext.eval.forcing import forced_hits
 
     for name, ids in (("same", ["p"] * 4), ("split", ["q", "q", "q", "p"])):
         root, records = _plate_dataset(tmp_path / name, ids)
         args = dict(bgobj_mask_provider="dataset", dataset_dir=str(root), dataset="plates", bgobj_mask_fallback="error")
-        result = forced_hits(tiny_dir("qwen2_vl"), root, records, args, 50176)
+        result = forced_hits(tiny_dir("qwen2_vl"), "qwen2_vl_bgobj", root, records, args, 50176)
         assert result["n"] == 4 and sum(result["outcomes"].values()) == 4
         if name == "same":
             assert result["outcomes"]["hit"] == 4 and result["sibling_entries"] == 4 and result["false_hits"] == 0

@@ -26,6 +26,7 @@ def _args(tiny_dir, data, **extra):
 def test_frame_stream_reuses_backgrounds_and_answers_like_without_cache(tiny_dir, tmp_path):
     from llamafactory.chat import ChatModel
 
+    from lf_ext.inference.runtime import runtime_of
     from lf_ext.inference.stream import FrameStream
 
     data = masked_dataset(tmp_path / "data", count=3)
@@ -41,7 +42,7 @@ def test_frame_stream_reuses_backgrounds_and_answers_like_without_cache(tiny_dir
     assert streamed == answers[2].text and stream.stats()["hits"] == 3  # webchat's streaming path, served from the cache
 
     plain = ChatModel(_args(tiny_dir, data, bgobj_cache=False))
-    assert not hasattr(plain.engine.model, "_lf_ext_background_cache")
+    assert runtime_of(plain.engine.model).cache is None
     for frame, answer in zip(frames, answers):
         expected = plain.chat([{"role": "user", "content": QUESTION_TEXT}], images=[frame])[0].response_text
         assert answer.text == expected

@@ -71,7 +71,8 @@ def test_precompute_names_the_broken_sample(scenes_dir, tmp_path):
     Image.new("RGB", (64, 64)).save(data / "good.png")
     (data / "bad.png").write_bytes(b"garbage")
     (data / "d.json").write_text(json.dumps([{"messages": [], "images": ["good.png"]}, {"messages": [], "images": ["bad.png"]}]))
-    (data / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json", "formatting": "sharegpt"}}))
+    (data / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json", "formatting": "sharegpt",
+                                                              "columns": {"messages": "messages", "images": "images"}}}))
     proc = _lf_ext("masks", "precompute", "--dataset-dir", data, "--dataset", "d", "--out", tmp_path / "m", "--provider", "entropy")
     assert proc.returncode == 2 and "bad.png: cannot read the image" in proc.stdout
     assert np.asarray(Image.open(tmp_path / "m" / "good.png")).any()  # work before the failure is kept

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bgobj_helpers import encode, load_for_inference, masked_dataset
+from bgobj_helpers import encode, load_for_inference, masked_dataset, unit_labels
 from lf_ext.layout import SEPARATORS
 
 ARCHS = ["qwen2_vl", "qwen2_5_vl"]
@@ -17,7 +17,7 @@ def data(tmp_path_factory):
 def _forward(model, input_ids, inputs, hidden=True):
     mm_types = (input_ids == model.config.image_token_id).long()
     positions, _ = model.model.get_rope_index(input_ids, mm_token_type_ids=mm_types, image_grid_thw=inputs["image_grid_thw"],
-                                              bgobj_unit_labels=inputs["bgobj_unit_labels"])  # fmt: skip
+                                              bgobj_layout=inputs["bgobj_layout"])  # fmt: skip
     with torch.no_grad():
         return model(input_ids=input_ids, position_ids=positions, output_hidden_states=hidden, **inputs), positions
 
@@ -29,7 +29,7 @@ def test_layout_and_counts(tiny_dir, data, arch):
     ids = tok["tokenizer"].convert_tokens_to_ids(list(SEPARATORS))
     row = input_ids[0].tolist()
     bg_start, bg_end, obj_start, obj_end = (row.index(i) for i in ids)
-    labels = inputs["bgobj_unit_labels"]
+    labels = unit_labels(inputs)
     assert bg_end - bg_start - 1 == int((labels == 0).sum()) and obj_end - obj_start - 1 == int(labels.sum())
     assert obj_start == bg_end + 1 and 0 < int(labels.sum()) < labels.numel()
     # the mask box (112..196 x 56..140 on 224x168) covers these 28-px units exactly
@@ -63,7 +63,7 @@ def test_positions_keep_each_unit_where_stock_puts_it(tiny_dir, data, arch):
     row = input_ids[0].tolist()
     sep = dict(zip(SEPARATORS, tok["tokenizer"].convert_tokens_to_ids(list(SEPARATORS))))
     start = int(positions[0, 0, row.index(sep["[BG_START]"])]) + 1
-    labels = inputs["bgobj_unit_labels"].view(rows, cols)
+    labels = unit_labels(inputs).view(rows, cols)
     image_at = [i for i, t in enumerate(row) if t == model.config.image_token_id]
     expected = [(r, c) for r in range(rows) for c in range(cols) if not labels[r, c]]
     expected += [(r, c) for r in range(rows) for c in range(cols) if labels[r, c]]
@@ -122,7 +122,7 @@ def test_prefusion_kv_cache_matches_full_recompute(tiny_dir, data):
     full = generated.sequences[:, :-1]
     mm_types = (full == model.config.image_token_id).long()
     positions, _ = model.model.get_rope_index(full, mm_token_type_ids=mm_types, image_grid_thw=inputs["image_grid_thw"],
-                                              bgobj_unit_labels=inputs["bgobj_unit_labels"])  # fmt: skip
+                                              bgobj_layout=inputs["bgobj_layout"])  # fmt: skip
     with torch.no_grad():
         logits = model(input_ids=full, position_ids=positions, use_cache=False, **inputs).logits
     for step, step_logits in enumerate(generated.logits):
@@ -164,5 +164,5 @@ def test_plugin_extreme_sizes_match_the_processor(tiny_dir, data, tmp_path, size
     Image.new("RGB", size, (40, 90, 200)).save(tmp_path / "odd.png")
     input_ids, inputs = encode(tok, template, [str(tmp_path / "odd.png")])
     t, h, w = inputs["image_grid_thw"][0].tolist()
-    assert inputs["bgobj_unit_labels"].numel() == h * w // 4 == int((input_ids == model.config.image_token_id).sum())
-    assert not inputs["bgobj_unit_labels"].any()  # no mask for this image: the documented 'none' fallback
+    assert unit_labels(inputs).numel() == h * w // 4 == int((input_ids == model.config.image_token_id).sum())
+    assert not unit_labels(inputs).any()  # no mask for this image: the documented 'none' fallback

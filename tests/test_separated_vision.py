@@ -1,4 +1,4 @@
-"""Background/object-separated vision forward on tiny random Qwen2-VL / Qwen2.5-VL towers (CPU, fp32)."""
+"""Background/object-separated encoding of tiny random Qwen2-VL / Qwen2.5-VL towers (CPU, fp32)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lf_ext.models.separated_vision import (
-    cu_seqlens,
-    group_layout,
-    separated_vision_forward,
-    window_segments,
-    window_units_of,
-)
+from lf_ext.families.qwen.vision import cu_seqlens, encode_units, expand_units, plan_units, window_units_of
+from lf_ext.layout import TOKEN_GROUPS, Group, ImageLayout
 
 ARCHS = ("qwen2_vl", "qwen2_5_vl")
 PATCH_DIM = 3 * 2 * 14 * 14
@@ -113,47 +108,71 @@ def _stock(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor
     return visual(pixel_values, grid_thw).pooler_output
 
 
+def _layout(grid_thw: torch.Tensor, labels: torch.Tensor) -> ImageLayout:
+    return ImageLayout.from_labels([(t, h // MERGE, w // MERGE) for t, h, w in grid_thw.tolist()], labels)
+
+
+def separated_vision_forward(visual, pixel_values, grid_thw, labels, groups=TOKEN_GROUPS):
+    """Encode ``labels``' groups of the images of ``grid_thw`` (the family's separated encoding)."""
+    return encode_units(visual, pixel_values, _layout(grid_thw, labels), groups)
+
+
 # ----------------------------------------------------------------------------------------------- layouts
 
 
-def test_group_layout_small_example():
-    layout = group_layout(torch.tensor([[1, 4, 4], [1, 2, 4]]), torch.tensor([0, 1, 1, 0, 1, 1]), MERGE)
-    assert layout.unit_perm.tolist() == [0, 3, 1, 2, 4, 5]
-    assert layout.patch_perm[:16].tolist() == [0, 1, 2, 3, 12, 13, 14, 15, 4, 5, 6, 7, 8, 9, 10, 11]
-    assert layout.patch_perm[16:].tolist() == list(range(16, 24))
-    assert layout.seg_lengths == (8, 8, 8)  # the fully-object image has no zero-length background segment
-    assert (layout.n_background, layout.n_object) == ((2, 0), (2, 2))
-    assert cu_seqlens(layout.seg_lengths).tolist() == [0, 8, 16, 24]
-    assert cu_seqlens(layout.seg_lengths).dtype == torch.int32
+def test_plan_small_example():
+    grid_thw = torch.tensor([[1, 4, 4], [1, 2, 4]])
+    plan = plan_units(_layout(grid_thw, torch.tensor([0, 1, 1, 0, 1, 1])), MERGE)
+    assert plan.order.tolist() == [0, 3, 1, 2, 4, 5]
+    patches = expand_units(plan.order, MERGE**2)
+    assert patches[:16].tolist() == [0, 1, 2, 3, 12, 13, 14, 15, 4, 5, 6, 7, 8, 9, 10, 11]
+    assert patches[16:].tolist() == list(range(16, 24))
+    assert plan.segment_lengths == (2, 2, 2)  # the fully-object image has no zero-length background segment
+    assert plan.output_index is None and plan.is_object.tolist() == [False, False, True, True, True, True]
+    layout = _layout(grid_thw, torch.tensor([0, 1, 1, 0, 1, 1]))
+    assert [(layout.n_background(i), layout.n_object(i)) for i in range(2)] == [(2, 2), (0, 2)]
+    assert cu_seqlens([n * 4 for n in plan.segment_lengths]).tolist() == [0, 8, 16, 24]
+    assert cu_seqlens(plan.segment_lengths).dtype == torch.int32
+
+
+def test_plan_slices_and_dropped_units():
+    """Two temporal slices: segments per (item, group, slice), dropped units neither processed nor output."""
+    groups = torch.tensor([0, 1, 2, 0,   0, 0, 1, 2], dtype=torch.int8)  # noqa: E241  slice 0, slice 1 (2x2 units)
+    layout = ImageLayout(((2, 2, 2),), groups)
+    plan = plan_units(layout, MERGE)
+    assert plan.order.tolist() == [0, 3, 4, 5, 1, 6]  # background (slice 0, slice 1), then object
+    assert plan.segment_lengths == (2, 2, 1, 1)
+    assert layout.token_units(0).tolist() == plan.order.tolist()
+    only_object = plan_units(layout, MERGE, (Group.OBJECT,))
+    assert only_object.order.tolist() == [1, 6] and only_object.segment_lengths == (1, 1)
 
 
 def test_all_background_windows_match_get_window_index(towers):
     visual = towers["qwen2_5_vl"]
     _, grid_thw = _inputs([(8, 12), (10, 6), (4, 4)])
-    layout = group_layout(grid_thw, torch.zeros(sum(_units(grid_thw)), dtype=torch.long), MERGE)
-    windows = window_segments(layout, window_units_of(visual))
+    plan = plan_units(_layout(grid_thw, torch.zeros(sum(_units(grid_thw)), dtype=torch.long)), MERGE, window_units=window_units_of(visual))
     stock_index, stock_cu = visual.get_window_index(grid_thw)
-    assert torch.equal(windows.unit_order, stock_index)
-    assert cu_seqlens(windows.window_seg_lengths).tolist() == torch.tensor(stock_cu).unique_consecutive().tolist()
-    assert torch.equal(windows.output_index, torch.argsort(stock_index))
+    assert torch.equal(plan.order, stock_index)
+    assert cu_seqlens([n * 4 for n in plan.window_lengths]).tolist() == torch.tensor(stock_cu).unique_consecutive().tolist()
+    assert torch.equal(plan.output_index, torch.argsort(stock_index))
 
 
 def test_mixed_windows_are_contiguous_group_window_segments():
     grid_thw = torch.tensor([[1, 8, 12], [1, 10, 6]])
     labels = _mixed_labels(grid_thw)
-    layout = group_layout(grid_thw, labels, MERGE)
-    windows = window_segments(layout, window_units=2)
-    assert all(n > 0 for n in windows.window_seg_lengths + windows.group_seg_lengths)
-    assert sum(windows.window_seg_lengths) == sum(layout.seg_lengths) == 8 * 12 + 10 * 6
+    layout = _layout(grid_thw, labels)
+    plan = plan_units(layout, MERGE, window_units=2)
+    assert all(n > 0 for n in plan.window_lengths + plan.segment_lengths)
+    assert sum(plan.window_lengths) == sum(plan.segment_lengths) == (8 * 12 + 10 * 6) // 4
     keys = []  # (image, group, window row, window col) of each unit, in processing order
     for img, (_, h, w) in enumerate(grid_thw.tolist()):
         for u in range(h * w // 4):
             keys.append((img, int(labels[sum(_units(grid_thw)[:img]) + u]), u // (w // 2) // 2, u % (w // 2) // 2))
-    seq = [keys[u] for u in windows.unit_order.tolist()]
+    seq = [keys[u] for u in plan.order.tolist()]
     runs = [i for i in range(len(seq)) if i == 0 or seq[i] != seq[i - 1]]
-    assert len(runs) == len(set(seq)) == len(windows.window_seg_lengths)  # each segment appears once
-    assert [n // 4 for n in windows.window_seg_lengths] == [b - a for a, b in zip(runs, runs[1:] + [len(seq)])]
-    assert torch.equal(windows.unit_order[windows.output_index], layout.unit_perm)
+    assert len(runs) == len(set(seq)) == len(plan.window_lengths)  # each segment appears once
+    assert list(plan.window_lengths) == [b - a for a, b in zip(runs, runs[1:] + [len(seq)])]
+    assert torch.equal(plan.order[plan.output_index], _expected_order(labels, _units(grid_thw)))
 
 
 # --------------------------------------------------------------------------------------- stock equivalence
@@ -280,10 +299,11 @@ def test_batch_counts_and_order(towers, arch):
     visual = towers[arch]
     pixel_values, grid_thw, labels = _batch()
     units = _units(grid_thw)
-    layout = group_layout(grid_thw, labels, MERGE)
-    assert layout.n_background == (24, 0, int((labels[39:] == 0).sum()))
-    assert layout.n_object == (0, 15, int(labels[39:].sum()))
-    assert torch.equal(layout.unit_perm, _expected_order(labels, units))
+    layout = _layout(grid_thw, labels)
+    assert [layout.n_background(i) for i in range(3)] == [24, 0, int((labels[39:] == 0).sum())]
+    assert [layout.n_object(i) for i in range(3)] == [0, 15, int(labels[39:].sum())]
+    token_order = torch.cat([layout.token_units(i) + layout.offset(i) for i in range(3)])
+    assert torch.equal(token_order, _expected_order(labels, units))
 
     out = separated_vision_forward(visual, pixel_values, grid_thw, labels)
     assert out.shape == (sum(units), 64)
@@ -327,9 +347,34 @@ def test_gradients_flow_and_stay_in_group(towers, arch):
 def test_errors(towers):
     visual = towers["qwen2_vl"]
     pixel_values, grid_thw = _inputs([(8, 12)])
-    with pytest.raises(ValueError, match="unit_labels has 23 entries"):
+    with pytest.raises(ValueError, match="layout has 23 unit groups"):
         separated_vision_forward(visual, pixel_values, grid_thw, torch.zeros(23, dtype=torch.long))
-    with pytest.raises(ValueError, match="videos keep the stock path"):
-        group_layout(torch.tensor([[2, 8, 12]]), torch.zeros(48, dtype=torch.long), MERGE)
+    with pytest.raises(ValueError, match="pixel_values has 96 rows, the layout's grids imply 192"):
+        separated_vision_forward(visual, pixel_values, torch.tensor([[2, 8, 12]]), torch.zeros(48, dtype=torch.long))
     with pytest.raises(ValueError, match="0 = background"):
-        group_layout(grid_thw, torch.full((24,), 2), MERGE)
+        _layout(grid_thw, torch.full((24,), 2))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_slices_single_group_matches_stock_video_grid(towers, arch):
+    """t > 1 (a clip of two temporal slices): one group equals the stock tower, which attends per slice."""
+    visual = towers[arch]
+    gen = torch.Generator().manual_seed(7)
+    grid_thw = torch.tensor([[2, 8, 12]])
+    pixel_values = torch.randn(2 * 8 * 12, PATCH_DIM, generator=gen)
+    out = separated_vision_forward(visual, pixel_values, grid_thw, torch.zeros(2 * 24, dtype=torch.long))
+    torch.testing.assert_close(out, _stock(visual, pixel_values, grid_thw), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_object_only_encoding_equals_the_object_rows(towers, arch):
+    """What a cache hit computes: the object group alone gives the object rows of the full encoding."""
+    visual = towers[arch]
+    pixel_values, grid_thw = _inputs([(8, 12), (10, 6)], seed=9)
+    labels = _mixed_labels(grid_thw, seed=10)
+    full = separated_vision_forward(visual, pixel_values, grid_thw, labels)
+    objects = separated_vision_forward(visual, pixel_values, grid_thw, labels, groups=(Group.OBJECT,))
+    _, obj_rows = _row_groups(labels, _units(grid_thw))
+    torch.testing.assert_close(objects, full[obj_rows], rtol=0, atol=1e-5)

@@ -101,7 +101,7 @@ def test_train_export_reload_round_trip(tmp_path, tiny_dir, scenes_dir, arch):
         input_ids, inputs = encode(tok, template, [str(data / "img0.png")])
         mm_types = (input_ids == model.config.image_token_id).long()
         positions, _ = model.model.get_rope_index(input_ids, mm_token_type_ids=mm_types, image_grid_thw=inputs["image_grid_thw"],
-                                                  bgobj_unit_labels=inputs["bgobj_unit_labels"])  # fmt: skip
+                                                  bgobj_layout=inputs["bgobj_layout"])  # fmt: skip
         with torch.no_grad():
             logits.append(model(input_ids=input_ids, position_ids=positions, **inputs).logits)
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-4)

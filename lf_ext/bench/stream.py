@@ -28,7 +28,8 @@ import torch
 from PIL import Image
 
 from lf_ext.bench.report import machine_info, print_table, write_json
-from lf_ext.bench.ttft import UNIT, background_plate, checkpoint, load, prompt_ids, stock_ttft
+from lf_ext.bench.ttft import UNIT, background_plate, checkpoint, load, stock_ttft
+from lf_ext.layout import LAYOUT_KEY
 
 CLOCK_UNITS = 3
 
@@ -57,14 +58,11 @@ def stream_frames(px: int, frames: int, positions: int, object_fraction: float, 
     return out
 
 
-def _serve(reuse, tokenizer, frames, inputs, units: int) -> list[dict]:
-    from lf_ext.layout import separated_placeholder
-
+def _serve(reuse, loaded, frames) -> list[dict]:
     served = []
-    for index, ((_, labels, place), frame_inputs) in enumerate(zip(frames, inputs)):
-        flat = torch.from_numpy(labels.reshape(-1)).long()
-        ids = prompt_ids(tokenizer, separated_placeholder(units - int(flat.sum()), int(flat.sum()), "<|image_pad|>"))
-        outcome = reuse.prefill(ids, frame_inputs["pixel_values"], frame_inputs["image_grid_thw"], flat).outcome
+    for index, (frame, labels, place) in enumerate(frames):
+        request = loaded.bgobj_request(frame, labels)
+        outcome = reuse.prefill(request["inputs"], request["pixel_values"], request[LAYOUT_KEY]).outcome
         served.append({"frame": index, "place": place, "kind": outcome.kind, "refined": outcome.refined,
                        "object_units": outcome.object_units, "ms": outcome.ms["total"]})  # fmt: skip
         print(f"    frame {index + 1}/{len(frames)} (place {place}): {outcome.kind}"
@@ -89,30 +87,22 @@ def run_bench_stream(json_out: str | Path, shape: str = "2b", px: int = 448, fra
                      object_fraction: float = 0.1, stock_frames: int = 3, seed: int = 0,
                      checkpoints: str | Path = "work/bench/checkpoints") -> dict:  # fmt: skip
     """Serve the stream three ways, print the table, write JSON (rows + every frame's outcome)."""
-    from lf_ext.cache import BackgroundCache
-    from lf_ext.inference.pixel_units import PixelNorm
-    from lf_ext.inference.reuse import BackgroundReuse
-
     started = time.perf_counter()
     torch.manual_seed(seed)
     dtype = "bfloat16" if shape == "2b" else "float32"
-    tokenizer, processor, model = load(checkpoint(shape, checkpoints), px, dtype)
+    loaded = load(checkpoint(shape, checkpoints), px, dtype)
     stream = stream_frames(px, frames, positions, object_fraction, seed)
-    ip = processor.image_processor
-    inputs = [ip(images=[frame], return_tensors="pt") for frame, _, _ in stream]
-    units = int(inputs[0]["image_grid_thw"].prod()) // ip.merge_size**2
-    stock_ids = prompt_ids(tokenizer, "<|image_pad|>" * units)
+    units = stream[0][1].size
     print(f"stream: {frames} frames, {shape} {px} px, {units} units, object at {positions} places, clock {CLOCK_UNITS} units", flush=True)
     stock_ms = []
     for index in range(min(stock_frames, frames)):
-        stock_ms.append(stock_ttft(model, stock_ids, inputs[index]["pixel_values"], inputs[index]["image_grid_thw"])["total"])
+        stock_ms.append(stock_ttft(loaded, loaded.stock_request(stream[index][0]))["total"])
         print(f"    stock frame {index + 1}: {stock_ms[-1]:.0f} ms", flush=True)
     stock = float(statistics.median(stock_ms))
     rows, per_frame = [_row("stock", [stock] * frames, None, stock)], {}
     for mode, refine in (("cache", False), ("cache+refine", True)):
         print(f"  {mode}:", flush=True)
-        reuse = BackgroundReuse(model, BackgroundCache(8 << 30), PixelNorm.from_image_processor(ip), refine=refine)
-        per_frame[mode] = _serve(reuse, tokenizer, stream, inputs, units)
+        per_frame[mode] = _serve(loaded.reuse(refine=refine), loaded, stream)
         rows.append(_row(mode, [s["ms"] for s in per_frame[mode]], per_frame[mode], stock))
     print(f"\nStream TTFT (ms; stock = median of {len(stock_ms)} frames; {time.perf_counter() - started:.0f} s)")
     print_table(rows, COLUMNS)

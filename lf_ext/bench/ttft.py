@@ -21,17 +21,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 import torch
 from PIL import Image
+from transformers import AutoConfig
 
 from lf_ext.bench.report import machine_info, print_table, write_json
+from lf_ext.eval.prompts import encode_request
+from lf_ext.layout import LAYOUT_KEY, ImageLayout, find_spans, respan
+from lf_ext.models.attach import scatter_features
 
 FRACTIONS = (0.05, 0.10, 0.20, 0.40, 0.60)
 SIZES = (448, 896)
 SHAPES = ("tiny", "2b")
 QUESTION = "What is the object in the picture?"
-SYSTEM = "You are a helpful assistant."
 UNIT = 28
 
 
@@ -61,52 +66,79 @@ def scene_frames(px: int, fraction: float, seed: int = 0) -> dict[str, Any]:
     return {"plate": Image.fromarray(plate), "frames": frames, "object_fraction": rows * cols / units**2}
 
 
-def checkpoint(shape: str, root: str | Path) -> Path:
-    """A random Qwen2-VL checkpoint of ``shape`` under ``root`` (built once, offline)."""
+def checkpoint(shape: str, root: str | Path, arch: str = "qwen2_vl") -> Path:
+    """A random checkpoint of ``arch`` and ``shape`` under ``root`` (built once, offline)."""
     from lf_ext.tiny.checkpoint import build_checkpoint
 
-    out = Path(root) / f"qwen2_vl-{shape}"
+    out = Path(root) / f"{arch}-{shape}"
     if not (out / "config.json").is_file():
-        print(f"building a random {shape} Qwen2-VL checkpoint in {out} (once) ...", flush=True)
-        build_checkpoint("qwen2_vl", out, seed=0, shape=shape)
+        print(f"building a random {shape} {arch} checkpoint in {out} (once) ...", flush=True)
+        build_checkpoint(arch, out, seed=0, shape=shape)
     return out
 
 
-def load(model_dir: Path, image_px: int, dtype: str):
-    """Tokenizer, processor and bgobj model exactly as ``llamafactory-cli chat`` loads them."""
+@dataclass
+class Loaded:
+    """A bgobj model loaded like ``llamafactory-cli chat`` loads it, with its family and templates."""
+
+    model: Any
+    family: Any
+    tokenizer: Any
+    processor: Any
+    stock_template: Any  # LLaMA-Factory's stock template of the family
+    bgobj_template: Any  # its bgobj template (mask provider 'none': callers set the split)
+
+    def stock_request(self, image: Image.Image) -> dict:
+        return encode_request(self.stock_template, self.tokenizer, self.processor, QUESTION, [image])
+
+    def bgobj_request(self, image: Image.Image, labels: np.ndarray) -> dict:
+        """The bgobj prompt and inputs of ``image`` split by ``labels`` (rows, cols) bool."""
+        request = encode_request(self.bgobj_template, self.tokenizer, self.processor, QUESTION, [image])
+        layout = ImageLayout.unpack(request[LAYOUT_KEY]).with_item(0, torch.from_numpy(labels.reshape(-1)).to(torch.int8))
+        tokens = self.family.separator_tokens(self.model)
+        (span,) = find_spans(request["inputs"][0].tolist(), tokens)
+        request["inputs"] = respan(request["inputs"], span, layout.n_background(0), layout.n_object(0), tokens)
+        return dict(request, **{LAYOUT_KEY: layout})
+
+    def reuse(self, cache_bytes: int = 8 << 30, refine: bool = True):
+        from lf_ext.cache import BackgroundCache
+        from lf_ext.inference.reuse import BackgroundReuse
+
+        pixels = self.family.pixel_units(self.processor.image_processor)
+        return BackgroundReuse(self.model, self.family, BackgroundCache(cache_bytes), pixels, refine=refine)
+
+
+def load(model_dir: Path, image_px: int, dtype: str) -> Loaded:
+    """Tokenizer, processor, templates and bgobj model exactly as ``llamafactory-cli chat`` loads them."""
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import get_infer_args
     from llamafactory.model import load_model, load_tokenizer
 
-    args = dict(model_name_or_path=str(model_dir), template="qwen2_vl_bgobj", infer_dtype=dtype,
+    from lf_ext.families import family_of
+
+    family = family_of(AutoConfig.from_pretrained(model_dir))
+    args = dict(model_name_or_path=str(model_dir), template=family.template, infer_dtype=dtype,
                 image_max_pixels=image_px * image_px, bgobj_cache=False)  # fmt: skip
     model_args, data_args, finetuning_args, _ = get_infer_args(args)
     tokenizer_module = load_tokenizer(model_args)
-    get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)
-    model = load_model(tokenizer_module["tokenizer"], model_args, finetuning_args, is_trainable=False)
-    return tokenizer_module["tokenizer"], tokenizer_module["processor"], model
-
-
-def prompt_ids(tokenizer, image_text: str) -> torch.Tensor:
-    text = (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n<|vision_start|>{image_text}<|vision_end|>"
-            f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
-    return torch.tensor([tokenizer.encode(text, add_special_tokens=False)])
+    tokenizer = tokenizer_module["tokenizer"]
+    bgobj_template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    model = load_model(tokenizer, model_args, finetuning_args, is_trainable=False)
+    stock_template = get_template_and_fix_tokenizer(tokenizer, replace(data_args, template=family.stock_template))
+    return Loaded(model, family, tokenizer, tokenizer_module["processor"], stock_template, bgobj_template)
 
 
 # --------------------------------------------------------------------------- the three paths
 @torch.inference_mode()
-def stock_ttft(model, ids: torch.Tensor, pixel_values: torch.Tensor, grid: torch.Tensor) -> dict[str, float]:
+def stock_ttft(loaded: Loaded, request: dict) -> dict[str, float]:
     """The stock layout: full vision tower, prefill of every token, first-token logits."""
+    model, family, ids = loaded.model, loaded.family, request["inputs"]
     start = time.perf_counter()
-    visual = model.model.visual
-    features = visual(pixel_values.to(visual.patch_embed.proj.weight.dtype), grid_thw=grid).pooler_output
+    features = family.stock_features(model, request)
     vision = time.perf_counter()
-    embeds = model.get_input_embeddings()(ids)
-    is_image = (ids == model.config.image_token_id)[..., None].expand_as(embeds)
-    embeds = embeds.masked_scatter(is_image, features.to(embeds.dtype))
-    positions, _ = model.model.get_rope_index(ids, image_grid_thw=grid, attention_mask=torch.ones_like(ids),
-                                              mm_token_type_ids=(ids == model.config.image_token_id).int())  # fmt: skip
-    hidden = model.model.language_model(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
+    embeds = scatter_features(model.get_input_embeddings()(ids), ids, features, family.image_token_id(model.config))
+    positions = family.stock_positions(model, ids, request)
+    hidden = family.language_model(model)(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
     model.lm_head(hidden[:, -1]).float()
     end = time.perf_counter()
     return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
@@ -116,45 +148,36 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def measure_row(tokenizer, processor, model, shape: str, px: int, fraction: float, runs: int, warmup: int,
+def measure_row(loaded: Loaded, shape: str, px: int, fraction: float, runs: int, warmup: int,
                 stock_samples: list[float] | None = None) -> dict:  # fmt: skip
     """Stock, miss and hit TTFT (medians over ``runs``, after ``warmup`` unrecorded rounds) for one row.
 
     ``stock_samples``: stock TTFTs already measured for this model and image size in this process
     (the stock layout's work does not depend on where the object is), reused instead of re-measured."""
-    from lf_ext.cache import BackgroundCache
     from lf_ext.config import parse_bgobj_args
-    from lf_ext.inference.pixel_units import PixelNorm
-    from lf_ext.inference.reuse import BackgroundReuse
-    from lf_ext.layout import separated_placeholder
-    from lf_ext.masks.geometry import qwen2_vl_grid
     from lf_ext.masks.pipeline import ObjectMasker
     from lf_ext.masks.reference import ReferenceMaskProvider
 
     scene = scene_frames(px, fraction)
-    ip = processor.image_processor
-    inputs = [ip(images=[frame], return_tensors="pt") for frame in scene["frames"]]
-    grid = inputs[0]["image_grid_thw"]
-    units = int(grid.prod()) // ip.merge_size**2
-    geometry = qwen2_vl_grid(px, px, image_max_pixels=px * px)
     threshold = parse_bgobj_args({}).bgobj_reference_threshold  # the key's default
     masker = ObjectMasker(ReferenceMaskProvider(scene["plate"], threshold), "reference")
-    stock_ids = prompt_ids(tokenizer, "<|image_pad|>" * units)
-    reuse = BackgroundReuse(model, BackgroundCache(8 << 30), PixelNorm.from_image_processor(ip))
+    geometry = loaded.family.token_grid(px, px, loaded.processor)
+    stock_request = loaded.stock_request(scene["frames"][1])
+    units = geometry.num_units
+    reuse = loaded.reuse()
     samples: dict[str, list] = {k: [] for k in ("stock", "miss", "hit", "mask", "limit")}
     parts: dict[str, list] = {}
     for round_ in range(warmup + runs):
         record = round_ >= warmup
         reuse.cache.clear()
-        stock = stock_ttft(model, stock_ids, inputs[1]["pixel_values"], grid) if stock_samples is None else None
+        stock = stock_ttft(loaded, stock_request) if stock_samples is None else None
         outcomes = []
-        for frame, frame_inputs in zip(scene["frames"], inputs):  # frame 0: miss (inserts), frame 1: hit
+        for frame in scene["frames"]:  # frame 0: miss (inserts), frame 1: hit
             start = time.perf_counter()
-            labels = torch.from_numpy(masker.labels(frame, geometry).reshape(-1)).long()
+            labels = masker.labels(frame, geometry)
             mask_ms = (time.perf_counter() - start) * 1000
-            n_obj = int(labels.sum())
-            ids = prompt_ids(tokenizer, separated_placeholder(units - n_obj, n_obj, "<|image_pad|>"))
-            result = reuse.prefill(ids, frame_inputs["pixel_values"], grid, labels)
+            request = loaded.bgobj_request(frame, labels)
+            result = reuse.prefill(request["inputs"], request["pixel_values"], request[LAYOUT_KEY])
             outcomes.append((result.outcome, mask_ms))
         (miss, miss_mask_ms), (hit, _) = outcomes
         if miss.kind != "miss" or hit.kind != "hit":
@@ -175,11 +198,12 @@ def measure_row(tokenizer, processor, model, shape: str, px: int, fraction: floa
                 parts.setdefault(f"{name}_{part}_ms", []).append(value)
     if stock_samples is not None:
         samples["stock"] = list(stock_samples)
-    total_tokens = stock_ids.shape[1]
-    suffix_tokens = total_tokens - (int((stock_ids[0] == model.config.vision_start_token_id).nonzero()) + 1) - hit.background_units - 1
+    total_tokens = stock_request["inputs"].shape[1]
+    (hit_span,) = find_spans(request["inputs"][0].tolist(), loaded.family.separator_tokens(loaded.model))
+    suffix_tokens = request["inputs"].shape[1] - hit_span.prefix_end  # what a hit prefills: after [BG_END]
     stock_ms, miss_ms, hit_ms, limit_ms = (_median(samples[k]) for k in ("stock", "miss", "hit", "limit"))
     return {
-        "arch": "qwen2_vl", "shape": shape, "image_px": px, "object_fraction": round(scene["object_fraction"], 4),
+        "arch": loaded.family.name, "shape": shape, "image_px": px, "object_fraction": round(scene["object_fraction"], 4),
         "target_fraction": fraction, "units": units, "object_units": hit.object_units, "prompt_tokens": total_tokens,
         "hit_prefill_tokens": suffix_tokens, "runs": runs,
         "stock_ms": stock_ms, "miss_ms": miss_ms, "hit_ms": hit_ms, "limit_ms": limit_ms, "mask_ms": _median(samples["mask"]),
@@ -215,18 +239,18 @@ def run_bench_ttft(json_out: str | Path, plot: str | Path | None = None, quick: 
         model_dir = checkpoint(shape, checkpoints)
         dtype = "bfloat16" if shape == "2b" else "float32"
         for px in sizes:
-            tokenizer, processor, model = load(model_dir, px, dtype)
+            loaded = load(model_dir, px, dtype)
             stock_samples = None
             for fraction in fractions:
                 started = time.perf_counter()
-                row = measure_row(tokenizer, processor, model, shape, px, fraction, runs, warmup,
+                row = measure_row(loaded, shape, px, fraction, runs, warmup,
                                   stock_samples if reuse_stock else None)  # fmt: skip
                 stock_samples = row["samples_ms"]["stock"]
                 row["dtype"] = dtype
                 rows.append(row)
                 print(f"  {shape} {px}px {fraction:.0%}: stock {row['stock_ms']:.0f} ms, miss {row['miss_ms']:.0f} ms, "
                       f"hit {row['hit_ms']:.0f} ms ({time.perf_counter() - started:.0f} s)", flush=True)  # fmt: skip
-            del model
+            del loaded
     print("\nTTFT (ms, median of %d runs after %d warm-up; same process, interleaved stock/miss/hit)" % (runs, warmup))
     print_table(rows, COLUMNS)
     write_json(json_out, {"benchmark": "ttft", "machine": machine_info(), "quick": quick, "rows": rows})

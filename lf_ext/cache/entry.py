@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from lf_ext.cache.fingerprint import fingerprint, masked_fingerprint, max_unit_distance, unit_distances
+from lf_ext.cache.fingerprint import fingerprint, masked_fingerprint
+
+if TYPE_CHECKING:
+    from lf_ext.cache.policy import VerificationPolicy
 
 IndexKey = tuple[str, int, int, int]  # (context key, rows, cols, unit side)
 
@@ -53,15 +57,10 @@ class CacheEntry:
         rows, cols = self.background.shape
         return self.context_key, rows, cols, self.units.shape[1]
 
-    def distance(self, units: np.ndarray, stop_above: float | None = None) -> float:
-        """Largest per-unit MAD between the stored B units and the same units of ``units``
-        (may stop early once above ``stop_above``)."""
-        return max_unit_distance(self.units, units, self.index, stop_above)
-
-    def verified_units(self, units: np.ndarray, threshold: float) -> np.ndarray:
-        """(rows, cols) bool: the units of B whose pixels in ``units`` are within ``threshold``."""
+    def verified_units(self, units: np.ndarray, policy: "VerificationPolicy") -> np.ndarray:
+        """(rows, cols) bool: the units of B whose pixels in ``units`` pass ``policy``'s per-unit check."""
         verified = np.zeros(self.background.size, bool)
-        verified[self.index] = unit_distances(self.units, units, self.index) <= threshold
+        verified[self.index] = policy.verified(self.units, units, self.index)
         return verified.reshape(self.background.shape)
 
 

@@ -58,6 +58,7 @@ from lf_ext.cache.fingerprint import (
     probe_positions,
     probe_tolerance,
 )
+from lf_ext.cache.policy import VerificationPolicy
 from lf_ext.cache.tier import Tier
 from lf_ext.log import get_logger
 
@@ -71,15 +72,17 @@ class BackgroundCache:
 
     def __init__(self, max_bytes: int, *, unit_threshold: float = 4.0, min_coverage: float = 0.3,
                  disk_dir: str | Path | None = None, max_candidates: int = 4, candidate_match: float = 0.75,
-                 disk_max_bytes: int | None = None) -> None:  # fmt: skip
-        if max_bytes < 0 or unit_threshold < 0 or not 0 <= min_coverage <= 1 or max_candidates < 1 or not 0 <= candidate_match <= 1:
-            raise ValueError("need max_bytes >= 0, unit_threshold >= 0, 0 <= min_coverage <= 1, max_candidates >= 1, 0 <= candidate_match <= 1")
-        self.max_bytes, self.unit_threshold, self.min_coverage = int(max_bytes), float(unit_threshold), float(min_coverage)
-        self.max_candidates, self.disk_max_bytes = max_candidates, disk_max_bytes
+                 disk_max_bytes: int | None = None, policy: VerificationPolicy | None = None) -> None:  # fmt: skip
+        """``policy`` (or ``unit_threshold`` and ``min_coverage``): what a hit is, see :mod:`lf_ext.cache.policy`."""
+        if max_bytes < 0 or max_candidates < 1 or not 0 <= candidate_match <= 1:
+            raise ValueError("need max_bytes >= 0, max_candidates >= 1, 0 <= candidate_match <= 1")
+        self.policy = policy if policy is not None else VerificationPolicy(float(unit_threshold), float(min_coverage))
+        self.max_bytes, self.max_candidates, self.disk_max_bytes = int(max_bytes), max_candidates, disk_max_bytes
         self._probes = DEFAULT_PROBES
         self._lock = threading.Lock()
-        self._memory = Tier(probe_tolerance(unit_threshold), candidate_match)  # least recently used first
-        self._on_disk = Tier(probe_tolerance(unit_threshold), candidate_match)  # oldest write first
+        tolerance = probe_tolerance(self.policy.unit_threshold)
+        self._memory = Tier(tolerance, candidate_match)  # least recently used first
+        self._on_disk = Tier(tolerance, candidate_match)  # oldest write first
         self._counts = dict.fromkeys(COUNTERS, 0)
         self._disk = DiskTier(disk_dir) if disk_dir is not None else None
         if self._disk is not None:
@@ -116,7 +119,7 @@ class BackgroundCache:
         fp = fingerprint(units, self._probes)
         with self._lock:
             entries = self._memory.nearest(key, fp, self.max_candidates)
-        shared = [entry.verified_units(units, self.unit_threshold) for entry in entries]
+        shared = [entry.verified_units(units, self.policy) for entry in entries]
         return max(shared, key=lambda mask: int(mask.sum()), default=None)
 
     def insert(self, context_key: str, units: np.ndarray, labels: np.ndarray, payload: dict[str, torch.Tensor]) -> str | None:
@@ -126,7 +129,7 @@ class BackgroundCache:
         background = ~check_labels(labels, units.shape[:2])
         check_payload(payload)
         nbytes = payload_nbytes(payload) + int(background.sum()) * units[0, 0].nbytes
-        skip = "skipped_low_coverage" if background.mean() < self.min_coverage else "skipped_too_large" if nbytes > self.max_bytes else None
+        skip = "skipped_low_coverage" if not self.policy.admits(background) else "skipped_too_large" if nbytes > self.max_bytes else None
         if skip:
             with self._lock:
                 self._counts[skip] += 1
@@ -186,8 +189,8 @@ class BackgroundCache:
     def _verify(self, candidates: list[CacheEntry], units: np.ndarray, source: str) -> tuple[CacheHit | None, int]:
         """First candidate whose every B unit is within the threshold; (hit or None, number tried)."""
         for tried, entry in enumerate(candidates, 1):
-            distance = entry.distance(units, stop_above=self.unit_threshold)
-            if distance <= self.unit_threshold:
+            distance = self.policy.distance(entry.units, units, entry.index)
+            if distance <= self.policy.unit_threshold:
                 return CacheHit(entry.entry_id, entry.background, entry.payload, distance, source), tried
         return None, len(candidates)
 

@@ -17,13 +17,14 @@ chat therefore stops within one decoding step and exits cleanly.
 from __future__ import annotations
 
 import atexit
-import functools
 import threading
 import time
 import weakref
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
+
+from lf_ext.patching import wrap
 
 STOP_TIMEOUT_S = 30.0
 GRACE_S = 1.0
@@ -41,13 +42,7 @@ class StopAtExit(StoppingCriteria):
         return torch.full((input_ids.shape[0],), _exiting.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-def guard_generate(model) -> None:
-    """Make ``model.generate`` stoppable at exit and its calling threads joined (idempotent)."""
-    stock_generate = model.generate
-    if getattr(stock_generate, "_lf_ext_exit_guard", False):
-        return
-
-    @functools.wraps(stock_generate)
+def _guarded(stock_generate):
     def generate(*args, **kwargs):
         global _running
         criteria = kwargs.get("stopping_criteria")
@@ -63,8 +58,12 @@ def guard_generate(model) -> None:
                 _running -= 1
                 _state.notify_all()
 
-    generate._lf_ext_exit_guard = True
-    model.generate = generate
+    return generate
+
+
+def guard_generate(model) -> None:
+    """Make ``model.generate`` stoppable at exit and its calling threads joined (idempotent)."""
+    wrap(model, "generate", _guarded, tag="exit_guard")
 
 
 def stop_generation(stop_timeout_s: float = STOP_TIMEOUT_S, grace_s: float = GRACE_S) -> int:

@@ -9,17 +9,22 @@
     print(stream.stats())
 
 It is LLaMA-Factory's ``ChatModel`` (same arguments as ``llamafactory-cli chat``, ``bgobj_*`` keys
-included) with the background cache that loading a bgobj model installs.
+included) with the background cache that loading a bgobj model installs. ``ask`` is thread-safe:
+each answer carries its own request's outcome.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from lf_ext.inference.generate import cache_stats, last_outcome
+from PIL import Image
+
 from lf_ext.inference.reuse import Outcome
+from lf_ext.inference.runtime import runtime_of
+from lf_ext.plugins.image_labels import REQUEST_KEY
 
 
 @dataclass
@@ -31,6 +36,17 @@ class FrameAnswer:
     seconds: float
 
 
+def tagged(image: Any, request: int) -> dict:
+    """An image as LLaMA-Factory accepts it (path, bytes, PIL), carrying a request id."""
+    if isinstance(image, Image.Image):
+        return {"image": image, "path": None, REQUEST_KEY: request}
+    if isinstance(image, bytes):
+        return {"bytes": image, "path": None, REQUEST_KEY: request}
+    if isinstance(image, dict):
+        return dict(image, **{REQUEST_KEY: request})
+    return {"path": str(image) if isinstance(image, Path) else image, "bytes": None, REQUEST_KEY: request}
+
+
 class FrameStream:
     """A stream of (image, question) requests against one bgobj model."""
 
@@ -39,17 +55,19 @@ class FrameStream:
 
         self.chat_model = ChatModel(dict(args))
         self.model = self.chat_model.engine.model
-        if cache_stats(self.model) is None:
+        self.runtime = runtime_of(self.model)
+        if self.runtime is None or self.runtime.cache is None:
             raise ValueError("FrameStream needs a bgobj model with the background cache on "
-                             "(template qwen2_vl_bgobj and bgobj_cache: true)")  # fmt: skip
+                             "(a bgobj template such as qwen2_vl_bgobj, and bgobj_cache: true)")  # fmt: skip
 
     def ask(self, image: Any, question: str, **generating_args: Any) -> FrameAnswer:
         """Answer ``question`` about ``image`` (path, PIL image or bytes)."""
-        self.model._lf_ext_last_outcome = None
+        request = self.runtime.new_request()
         start = time.perf_counter()
-        responses = self.chat_model.chat([{"role": "user", "content": question}], images=[image], **generating_args)
-        return FrameAnswer(responses[0].response_text, last_outcome(self.model), time.perf_counter() - start)
+        messages = [{"role": "user", "content": question}]
+        responses = self.chat_model.chat(messages, images=[tagged(image, request)], **generating_args)
+        return FrameAnswer(responses[0].response_text, self.runtime.take_outcome(request), time.perf_counter() - start)
 
     def stats(self) -> dict:
         """Cache totals: lookups, hits, misses, rejections, entries, bytes, ..."""
-        return cache_stats(self.model)
+        return self.runtime.stats()

@@ -8,44 +8,19 @@ files themselves (fields parallel to ``images``) or from a folder written by ``l
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from lf_ext.eval.datasets import dataset_names, path_key, read_datasets, record_images
 from lf_ext.masks.base import MaskError, MaskRequest, MissingMaskError
 from lf_ext.masks.reference import open_image
 from lf_ext.masks.registry import register_mask_provider
 
 INDEX_FILE = "index.json"
 SPEC_FIELDS = {"masks": "mask", "boxes": "boxes", "polygons": "polygons"}
-
-
-def path_key(path: str | Path) -> str:
-    """The form in which image paths are compared (absolute, case-normalised)."""
-    return os.path.normcase(os.path.abspath(path))
-
-
-def dataset_names(lf_args: Mapping[str, Any], keys: Iterable[str] = ("dataset", "eval_dataset")) -> list[str]:
-    """Dataset names listed under ``keys`` of LLaMA-Factory arguments (comma-separated strings)."""
-    return [n.strip() for key in keys for n in str(lf_args.get(key) or "").split(",") if n.strip()]
-
-
-def read_datasets(dataset_dir: str | Path, names: Iterable[str]) -> Iterator[list[Mapping[str, Any]]]:
-    """The records of each named local dataset of a LLaMA-Factory ``dataset_info.json`` folder
-    (hub or unknown datasets are skipped: their files are not here)."""
-    info = json.loads((Path(dataset_dir) / "dataset_info.json").read_text())
-    for name in names:
-        if name not in info or "file_name" not in info[name]:
-            continue
-        yield json.loads((Path(dataset_dir) / info[name]["file_name"]).read_text())
-
-
-def record_images(record: Mapping[str, Any], base_dir: str | Path) -> list[str]:
-    """Paths of a record's ``images``, as LLaMA-Factory resolves them (relative to the dataset folder)."""
-    return [str(Path(base_dir) / image) for image in record.get("images") or []]
 
 
 class MaskIndex:
@@ -92,7 +67,7 @@ class MaskIndex:
     def from_dataset(cls, dataset_dir: str | Path, names: Iterable[str]) -> "MaskIndex":
         """Read the named datasets of a LLaMA-Factory ``dataset_info.json`` folder."""
         merged = cls()
-        for records in read_datasets(dataset_dir, names):
+        for _, records in read_datasets(dataset_dir, names):
             merged.specs.update(cls.from_records(records, dataset_dir).specs)
         return merged
 

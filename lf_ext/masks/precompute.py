@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from lf_ext.eval.datasets import read_records
 from lf_ext.masks.base import MaskError
 from lf_ext.masks.dataset import INDEX_FILE
 from lf_ext.masks.geometry import grid_for_arch
@@ -19,14 +20,10 @@ from lf_ext.masks.pipeline import ObjectMasker
 
 def dataset_images(dataset_dir: Path, names: Iterable[str]) -> list[str]:
     """Unique image paths (as written in the records) of the named datasets, in order."""
-    info = json.loads((dataset_dir / "dataset_info.json").read_text())
     seen: dict[str, None] = {}
     for name in names:
-        if name not in info:
-            raise ValueError(f"dataset '{name}' is not in {dataset_dir / 'dataset_info.json'}; known: {', '.join(info)}")
-        column = info[name].get("columns", {}).get("images", "images")
-        for record in json.loads((dataset_dir / info[name]["file_name"]).read_text()):
-            for image in record.get(column) or []:
+        for record in read_records(dataset_dir, name):
+            for image in record["images"]:
                 seen.setdefault(image, None)
     return list(seen)
 

@@ -3,13 +3,11 @@
 Each layer is a copy of one of the LLM's own first N decoder layers, behind a tanh gate that starts
 at 0, so a fresh model is exactly the model it was made from and training opens the gates as the
 layers learn to fuse the image into the text. The layers are causal, so the background prefix up to
-``[BG_END]`` still depends on nothing after it and stays cacheable. They keep their own KV cache
-during generation (attached to the LLM's cache object).
+``[BG_END]`` still depends on nothing after it and stays cacheable. During generation they keep their
+own KV in :class:`BgObjCache`, the cache type a bgobj model with prefusion layers generates with.
 """
 
 from __future__ import annotations
-
-import importlib
 
 import torch
 from torch import nn
@@ -17,27 +15,47 @@ from transformers import AutoConfig
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask
 
-# text config model_type -> decoder layer class
-DECODER_LAYERS = {
-    "qwen2_vl_text": "transformers.models.qwen2_vl.modeling_qwen2_vl:Qwen2VLDecoderLayer",
-    "qwen2_5_vl_text": "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl:Qwen2_5_VLDecoderLayer",
-}
+
+class BgObjCache(DynamicCache):
+    """The LLM's KV cache plus :attr:`prefusion`, the prefusion layers' own (same length at all times)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prefusion = DynamicCache()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        super().reorder_cache(beam_idx)
+        self.prefusion.reorder_cache(beam_idx)
+
+    def crop(self, max_length: int) -> None:
+        super().crop(max_length)
+        self.prefusion.crop(max_length)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        super().batch_repeat_interleave(repeats)
+        self.prefusion.batch_repeat_interleave(repeats)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        super().batch_select_indices(indices)
+        self.prefusion.batch_select_indices(indices)
 
 
-def _decoder_layer_class(model_type: str) -> type:
-    if model_type not in DECODER_LAYERS:
-        raise ValueError(f"bgobj prefusion supports {', '.join(DECODER_LAYERS)}, not {model_type}")
-    module, name = DECODER_LAYERS[model_type].split(":")
-    return getattr(importlib.import_module(module), name)
+def prefusion_cache_of(cache) -> DynamicCache | None:
+    """The prefusion layers' cache inside the cache the LLM was given (None: no cache)."""
+    if cache is None:
+        return None
+    if not isinstance(cache, BgObjCache):
+        raise ValueError(f"a bgobj model with prefusion layers needs a BgObjCache (lf_ext.models.prefusion), got "
+                         f"{type(cache).__name__}; model.generate creates one when no past_key_values are given")  # fmt: skip
+    return cache.prefusion
 
 
 class PrefusionStack(nn.Module):
     """Gated causal decoder layers with the LLM's layer architecture."""
 
-    def __init__(self, num_layers: int, text_config: dict):
+    def __init__(self, num_layers: int, text_config: dict, layer_class: type):
         super().__init__()
         config = AutoConfig.for_model(**text_config)
-        layer_class = _decoder_layer_class(config.model_type)
         self.layers = nn.ModuleList(layer_class(config, layer_idx) for layer_idx in range(num_layers))
         self.gates = nn.Parameter(torch.zeros(num_layers))
 
@@ -53,36 +71,17 @@ class PrefusionStack(nn.Module):
                 mine.load_state_dict(theirs.state_dict())
             self.gates.zero_()
 
-    def forward(self, hidden, position_ids, attention_mask, cache, rotary, text_config) -> torch.Tensor:
-        if position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(hidden.shape[1], device=hidden.device) + past
-            position_ids = position_ids.view(1, 1, -1).expand(3, hidden.shape[0], -1)
-        elif position_ids.ndim == 2:
-            position_ids = position_ids[None].expand(3, *position_ids.shape)
-        text_positions = None
-        if position_ids.shape[0] == 4:
-            text_positions, position_ids = position_ids[0], position_ids[1:]
+    def forward(self, hidden, rope_positions, text_positions, attention_mask, cache, rotary, text_config) -> torch.Tensor:
+        """``rope_positions`` feed the LLM's rotary embedding; ``text_positions`` (1-D, or None) the mask."""
         if isinstance(attention_mask, dict):
             mask = attention_mask["full_attention"]
         else:
             mask = create_causal_mask(config=text_config, inputs_embeds=hidden, attention_mask=attention_mask,
                                       past_key_values=cache, position_ids=text_positions)  # fmt: skip
-        position_embeddings = rotary(hidden, position_ids)
+        position_embeddings = rotary(hidden, rope_positions)
         for gate, layer in zip(self.gates, self.layers):
             out = layer(hidden, attention_mask=mask, position_embeddings=position_embeddings,
                         position_ids=text_positions, past_key_values=cache, use_cache=cache is not None)  # fmt: skip
             out = out[0] if isinstance(out, tuple) else out
             hidden = hidden + torch.tanh(gate).to(hidden.dtype) * (out - hidden)
         return hidden
-
-
-def prefusion_cache(llm_cache) -> DynamicCache | None:
-    """The prefusion layers' own cache, kept on the LLM's cache object (new when that one is empty)."""
-    if llm_cache is None:
-        return None
-    mine = getattr(llm_cache, "_bgobj_prefusion", None)
-    if mine is None or llm_cache.get_seq_length() == 0:
-        mine = DynamicCache()
-        llm_cache._bgobj_prefusion = mine
-    return mine

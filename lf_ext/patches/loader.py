@@ -1,40 +1,38 @@
-"""Hooks around LLaMA-Factory's model loading: config flag, instance patches, adapter targets.
+"""Hooks around LLaMA-Factory's model loading: config flag, instance patches, adapter targets, runtime.
 
 ``llamafactory.model.loader`` imports ``patch_config``, ``patch_model`` and ``init_adapter`` by name,
-so they are wrapped where that module looks them up.
+so they are wrapped where that module looks them up. Each hook gets the command's settings from the
+model arguments it receives (:func:`~lf_ext.config.settings_of`).
 """
 
 from __future__ import annotations
 
-import functools
 from contextlib import contextmanager
 from types import ModuleType
 
-from lf_ext.layout import SEPARATORS
+from lf_ext.config import settings_of
+from lf_ext.families import family_of
+from lf_ext.families.base import BGOBJ_ATTR
+from lf_ext.layout import has_separators, separator_ids
 from lf_ext.log import get_logger
+from lf_ext.patching import call_after, wrap
 
 logger = get_logger()
-QWEN_TYPES = ("qwen2_vl", "qwen2_5_vl")
 
 
-def _has_separators(tokenizer) -> bool:
-    vocab = tokenizer.get_vocab()
-    return all(token in vocab for token in SEPARATORS)
-
-
-def enable_bgobj_config(config, tokenizer) -> None:
-    """Put the ``bgobj`` spec into a Qwen config when the tokenizer carries the separators."""
-    from lf_ext.config import active_settings
-    from lf_ext.layout import separator_ids
+def enable_bgobj_config(config, tokenizer, settings) -> None:
+    """Put the ``bgobj`` spec into a supported model's config when the tokenizer carries the separators."""
     from lf_ext.models.modules import make_spec
 
-    if getattr(config, "model_type", None) not in QWEN_TYPES or not _has_separators(tokenizer):
+    family = family_of(config)
+    if family is None or not has_separators(tokenizer):
         return
-    settings = active_settings()
-    ids, layers, split = separator_ids(tokenizer), settings.bgobj_prefusion_layers, settings.bgobj_split_projector
-    spec = getattr(config.vision_config, "bgobj", None)
+    keys = settings.keys
+    ids, layers, split = separator_ids(tokenizer), keys.bgobj_prefusion_layers, keys.bgobj_split_projector
+    holder = family.spec_holder(config)
+    spec = getattr(holder, BGOBJ_ATTR, None)
     if spec is None:
-        config.vision_config.bgobj = make_spec(ids, config.text_config, layers, split)
+        setattr(holder, BGOBJ_ATTR, make_spec(ids, family.text_config(config), layers, split))
         logger.info("bgobj: separated background/object layout on (separator ids %s, %d prefusion layers, "
                     "split projector %s)", ids, layers, split)  # fmt: skip
         return
@@ -45,149 +43,93 @@ def enable_bgobj_config(config, tokenizer) -> None:
                          f"{spec.get('prefusion_layers', 0)}; drop the key to keep the checkpoint's")  # fmt: skip
 
 
-def prepare_bgobj_model(model) -> None:
-    """Attach the instance patches and, on first use, initialise the separators from the model's delimiters."""
-    from lf_ext.models.modules import BGOBJ_ATTR, init_separators_from
-    from lf_ext.models.qwen_bgobj import attach_bgobj, bgobj_spec
-
-    spec = bgobj_spec(model)
-    if spec is None:
-        return
-    attach_bgobj(model)
-    if not spec.get("separators_initialized"):
-        modules = getattr(model.model.visual, BGOBJ_ATTR)
-        weights = model.get_input_embeddings().weight
-        with _gathered([weights, modules.separators.weight]):  # ZeRO-3 partitions parameters
-            start, end = weights[model.config.vision_start_token_id], weights[model.config.vision_end_token_id]
-            init_separators_from(modules, start.detach().cpu(), end.detach().cpu())
-        spec["separators_initialized"] = True
-    if spec.get("prefusion_layers") and not spec.get("prefusion_initialized"):
-        prefusion = getattr(model.model.visual, BGOBJ_ATTR).prefusion
-        with _gathered(list(prefusion.parameters()) + list(model.model.language_model.layers.parameters())):
-            prefusion.copy_from(model.model.language_model.layers)
-        spec["prefusion_initialized"] = True
-    if spec.get("split_projector") and not spec.get("split_projector_initialized"):
-        modules, merger = getattr(model.model.visual, BGOBJ_ATTR), model.model.visual.merger
-        with _gathered(list(modules.parameters()) + list(merger.parameters())):
-            modules.merger_background.load_state_dict(merger.state_dict())
-            modules.merger_object.load_state_dict(merger.state_dict())
-        spec["split_projector_initialized"] = True
-
-
-def _gathered(params):
-    """Gather ZeRO-3 partitioned parameters for an in-place edit (a no-op otherwise)."""
-    from contextlib import nullcontext
-
-    from transformers.integrations import is_deepspeed_zero3_enabled
-
-    if not is_deepspeed_zero3_enabled():
-        return nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
-
-
-def _wrap(module: ModuleType, name: str, after=None, before=None) -> None:
-    original = getattr(module, name)
-    if getattr(original, "_lf_ext_wrapped", False):
-        return
-
-    @functools.wraps(original)
-    def wrapper(*args, **kwargs):
-        if before:
-            before(*args, **kwargs)
-        result = original(*args, **kwargs)
-        if after:
-            after(result, *args, **kwargs)
-        return result
-
-    wrapper._lf_ext_wrapped = True
-    setattr(module, name, wrapper)
-
-
-def _after_patch_config(result, config, tokenizer, *args, **kwargs) -> None:
-    enable_bgobj_config(config, tokenizer)
+def _after_patch_config(result, config, tokenizer, model_args, *args, **kwargs) -> None:
+    enable_bgobj_config(config, tokenizer, settings_of(model_args))
 
 
 def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args, **kwargs) -> None:
-    prepare_bgobj_model(model)
-    if not is_trainable:
-        install_inference_cache(model, model_args)
-        from lf_ext.inference.exit_guard import guard_generate
+    from lf_ext.models.attach import attach_bgobj, initialize_new_modules
 
-        guard_generate(model)  # outermost: chat may exit while generate still runs in its thread
-
-
-def install_inference_cache(model, model_args) -> None:
-    """chat / api / webchat: make ``generate`` reuse verified backgrounds (``bgobj_cache_*`` keys)."""
-    from lf_ext.config import active_settings
-    from lf_ext.models.qwen_bgobj import bgobj_spec
-
-    settings = active_settings()
-    if bgobj_spec(model) is None or not settings.bgobj_cache or settings.bgobj_cache_max_mb <= 0:
-        return
-    from lf_ext.inference.generate import cache_from_settings, image_norm_of, install_background_cache
-
-    install_background_cache(model, image_norm_of(model_args.model_name_or_path), cache_from_settings(settings),
-                             refine=settings.bgobj_cache_refine)  # fmt: skip
+    family = family_of(model)
+    if family is not None and family.spec(model) is not None:
+        attach_bgobj(model, family)
+        initialize_new_modules(model, family)
 
 
 def _before_init_adapter(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs) -> None:
-    """LoRA: train and save ``visual.bgobj`` as a full module (PEFT ``modules_to_save``)."""
-    from lf_ext.models.qwen_bgobj import bgobj_spec
-
-    if bgobj_spec(model) is None or not is_trainable or finetuning_args.finetuning_type != "lora":
+    """LoRA: train and save the ``bgobj`` modules in full (PEFT ``modules_to_save``)."""
+    family = family_of(model)
+    if family is None or family.spec(model) is None or not is_trainable or finetuning_args.finetuning_type != "lora":
         return
     targets = list(finetuning_args.additional_target or [])
-    if "bgobj" not in targets:
-        finetuning_args.additional_target = targets + ["bgobj"]
+    if BGOBJ_ATTR not in targets:
+        finetuning_args.additional_target = targets + [BGOBJ_ATTR]
 
 
 def _after_init_adapter(model, config, model_ref, model_args, finetuning_args, is_trainable, *args, **kwargs) -> None:
-    """Freeze tuning freezes everything it was not told about: keep the bgobj modules trainable."""
+    """Freeze tuning keeps the bgobj modules trainable; an inference load (adapters merged by now) gets
+    the background-cache runtime and the exit guard."""
     if is_trainable and finetuning_args.finetuning_type == "freeze":
         for name, param in model.named_parameters():
-            if ".bgobj." in name:
+            if f".{BGOBJ_ATTR}." in name:
                 param.requires_grad_(True)
+    if not is_trainable:
+        from lf_ext.inference.exit_guard import guard_generate
+        from lf_ext.inference.runtime import install_runtime
+
+        family = family_of(model)
+        if family is not None and family.spec(model) is not None:
+            install_runtime(model, family, settings_of(model_args), model_args.model_name_or_path)
+        guard_generate(model)  # outermost: chat may exit while generate still runs in its thread
 
 
 def _without_bgobj(result, *args, **kwargs):
-    """LoRA never targets layers inside ``visual.bgobj``: they are trained in full (modules_to_save)."""
+    """LoRA never targets layers inside ``bgobj``: they are trained in full (modules_to_save)."""
     if isinstance(result, list):
-        result[:] = [name for name in result if ".bgobj." not in f".{name}."]
+        result[:] = [name for name in result if f".{BGOBJ_ATTR}." not in f".{name}."]
 
 
 @contextmanager
 def _bgobj_hidden(model):
-    """Take ``visual.bgobj`` out of the module tree for a moment (so LoRA target discovery skips it)."""
-    visual = getattr(getattr(model, "model", None), "visual", None)
-    modules = getattr(visual, "_modules", {})
-    hidden = modules.pop("bgobj", None)
+    """Take the ``bgobj`` modules out of the module tree for a moment (so LoRA target discovery skips them)."""
+    family = family_of(model)
+    modules = getattr(family.modules_owner(model), "_modules", {}) if family and family.spec(model) else {}
+    hidden = modules.pop(BGOBJ_ATTR, None)
     try:
         yield
     finally:
         if hidden is not None:
-            modules["bgobj"] = hidden
+            modules[BGOBJ_ATTR] = hidden
+
+
+def _hiding_bgobj(original):
+    def find_all_linear_modules(model, *args, **kwargs):
+        with _bgobj_hidden(model):
+            return original(model, *args, **kwargs)
+
+    return find_all_linear_modules
+
+
+def _running_before(before):
+    def make(original):
+        def wrapper(*args, **kwargs):
+            before(*args, **kwargs)
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    return make
 
 
 def patch_adapter(adapter_module: ModuleType) -> None:
     """``lora_target: all`` must not pick Linear names that only bgobj layers have (e.g. the split
     projectors' ``0``/``2``, which would then match LLM layer names by substring)."""
-    _wrap(adapter_module, "patch_target_modules", after=_without_bgobj)
-    original = adapter_module.find_all_linear_modules
-    if getattr(original, "_lf_ext_wrapped", False):
-        return
-
-    @functools.wraps(original)
-    def find_all_linear_modules(model, *args, **kwargs):
-        with _bgobj_hidden(model):
-            return original(model, *args, **kwargs)
-
-    find_all_linear_modules._lf_ext_wrapped = True
-    adapter_module.find_all_linear_modules = find_all_linear_modules
+    call_after(adapter_module, "patch_target_modules", _without_bgobj)
+    wrap(adapter_module, "find_all_linear_modules", _hiding_bgobj)
 
 
 def patch_loader(loader_module: ModuleType) -> None:
-    _wrap(loader_module, "patch_config", after=_after_patch_config)
-    _wrap(loader_module, "patch_model", after=_after_patch_model)
-    _wrap(loader_module, "init_adapter", before=_before_init_adapter, after=_after_init_adapter)
+    call_after(loader_module, "patch_config", _after_patch_config)
+    call_after(loader_module, "patch_model", _after_patch_model)
+    wrap(loader_module, "init_adapter", _running_before(_before_init_adapter))
+    call_after(loader_module, "init_adapter", _after_init_adapter, tag="init_adapter_after")

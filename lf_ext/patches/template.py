@@ -1,16 +1,24 @@
-"""Register the bgobj templates and plugins in LLaMA-Factory's registries."""
+"""Register the bgobj templates and plugins in LLaMA-Factory's registries, and bind each command's
+settings to the plugin of the template it gets.
+
+Each family's bgobj template is a copy of its stock template whose template class also adds the four
+separator tokens and whose plugin is the family's bgobj plugin. ``get_template_and_fix_tokenizer``
+(the one place every LLaMA-Factory command gets its template, with its data arguments) returns a
+shallow copy of a bgobj template whose plugin is bound to the settings of those arguments, so two
+commands in one process (the web UI, tests, a stream beside a chat) never share settings.
+"""
 
 from __future__ import annotations
 
+import copy
 import inspect
 from types import ModuleType
 
+from lf_ext.config import settings_of
+from lf_ext.families import all_families
+from lf_ext.families.base import import_path
 from lf_ext.layout import add_separator_tokens
-
-# bgobj template -> (stock template it extends, plugin name, plugin class path)
-BGOBJ_TEMPLATES = {
-    "qwen2_vl_bgobj": ("qwen2_vl", "lf_ext.plugins.qwen2_vl_bgobj:Qwen2VLBgObjPlugin"),
-}
+from lf_ext.patching import wrap
 
 
 def _bgobj_template_class(base: type) -> type:
@@ -25,29 +33,37 @@ def _bgobj_template_class(base: type) -> type:
     return BgObjTemplate
 
 
-def _import(path: str):
-    import importlib
+def _binding_settings(original):
+    def get_template_and_fix_tokenizer(tokenizer, data_args):
+        template = original(tokenizer, data_args)
+        bind = getattr(template.mm_plugin, "bind", None)
+        if bind is None:
+            return template
+        bound = copy.copy(template)
+        bound.mm_plugin = bind(settings_of(data_args))
+        return bound
 
-    module, name = path.split(":")
-    return getattr(importlib.import_module(module), name)
+    return get_template_and_fix_tokenizer
 
 
 def patch_templates(template_module: ModuleType) -> None:
-    """Register each bgobj template as a copy of its stock template with the bgobj plugin."""
+    """Register each family's bgobj template (once) and wrap ``get_template_and_fix_tokenizer``."""
     from llamafactory.data import mm_plugin
 
     accepted = inspect.signature(template_module.register_template).parameters
-    for name, (stock_name, plugin_path) in BGOBJ_TEMPLATES.items():
-        if name in template_module.TEMPLATES:
+    for family in all_families():
+        if family.template in template_module.TEMPLATES:
             continue
-        if name not in mm_plugin.PLUGINS:
-            mm_plugin.register_mm_plugin(name, _import(plugin_path))
-        stock = template_module.TEMPLATES[stock_name]
+        if family.template not in mm_plugin.PLUGINS:
+            mm_plugin.register_mm_plugin(family.template, import_path(family.plugin))
+        stock = template_module.TEMPLATES[family.stock_template]
         plugin = stock.mm_plugin
-        kwargs = {k: getattr(stock, k) for k in accepted if k not in ("name", "mm_plugin", "template_class") and hasattr(stock, k)}
+        skip = ("name", "mm_plugin", "template_class")
+        kwargs = {k: getattr(stock, k) for k in accepted if k not in skip and hasattr(stock, k)}
         template_module.register_template(
-            name=name,
+            name=family.template,
             **kwargs,
-            mm_plugin=mm_plugin.get_mm_plugin(name, image_token=plugin.image_token, video_token=plugin.video_token),
+            mm_plugin=mm_plugin.get_mm_plugin(family.template, image_token=plugin.image_token, video_token=plugin.video_token),
             template_class=_bgobj_template_class(type(stock)),
         )
+    wrap(template_module, "get_template_and_fix_tokenizer", _binding_settings)

@@ -1,35 +1,52 @@
-"""Background/object labels per token unit for the images of one sample, shared by the bgobj plugins."""
+"""Opening images as LLaMA-Factory accepts them, and one background/object label per token unit."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from lf_ext.config import active_lf_args, active_settings
+from lf_ext.config import Settings
 from lf_ext.masks.base import MaskError
 from lf_ext.masks.geometry import TokenGrid
 from lf_ext.masks.pipeline import ObjectMasker
 
+REQUEST_KEY = "bgobj_request"  # an image dict may carry a request id (see lf_ext.inference.runtime)
 
-def open_original(image: Any, index: int) -> tuple[Image.Image, str | None]:
-    """Open an image as LLaMA-Factory accepts it (path, bytes, dict, PIL); return it and its path if known."""
+
+@dataclass(frozen=True)
+class OpenedImage:
+    """An image of a sample: the picture, its path when known, and the request id it carries, if any."""
+
+    image: Image.Image
+    source: str | None
+    request: int | None = None
+
+
+def open_original(image: Any, index: int) -> OpenedImage:
+    """Open an image as LLaMA-Factory accepts it (path, bytes, ``{"path"|"bytes"}`` dict, PIL); a dict may
+    also hold the picture itself under ``"image"`` and a request id under ``"bgobj_request"``."""
+    request = None
     try:
-        if isinstance(image, Image.Image):
-            return image, getattr(image, "filename", None) or None
         if isinstance(image, dict):
+            request = image.get(REQUEST_KEY)
+            if image.get("image") is not None:
+                return OpenedImage(image["image"], image.get("path"), request)
             if image.get("bytes") is not None:
-                return Image.open(BytesIO(image["bytes"])), image.get("path")
+                return OpenedImage(Image.open(BytesIO(image["bytes"])), image.get("path"), request)
             image = image["path"]
+        if isinstance(image, Image.Image):
+            return OpenedImage(image, getattr(image, "filename", None) or None, request)
         if isinstance(image, bytes):
-            return Image.open(BytesIO(image)), None
+            return OpenedImage(Image.open(BytesIO(image)), None, request)
         opened = Image.open(image)
         opened.load()
-        return opened, str(image)
-    except (OSError, ValueError, KeyError) as err:
+        return OpenedImage(opened, str(image), request)
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise MaskError(f"image {index} ({str(image)[:200]}): cannot be read ({err})") from None
 
 
@@ -39,32 +56,32 @@ def is_placeholder(image: Image.Image, source: str | None) -> bool:
 
 
 class UnitLabeler:
-    """Builds the configured ObjectMasker lazily and caches labels per (source, grid)."""
+    """The settings' ObjectMasker (built on first use) and a bounded cache of labels per (source, grid)."""
 
     CACHE_SIZE = 4096
 
-    def __init__(self):
+    def __init__(self, settings: Settings):
+        self.settings = settings
         self._masker: ObjectMasker | None = None
-        self._key = None
         self._cache: OrderedDict = OrderedDict()
 
+    def __getstate__(self):  # dataset workers get a copy without the (maybe unpicklable) masker
+        return {"settings": self.settings, "_masker": None, "_cache": OrderedDict()}
+
     def masker(self) -> ObjectMasker:
-        settings = active_settings()
-        if self._masker is None or self._key is not settings:
-            self._masker, self._key = ObjectMasker.from_settings(settings, lf_args=active_lf_args()), settings
-            self._cache.clear()
+        if self._masker is None:
+            self._masker = ObjectMasker.from_settings(self.settings.keys, lf_args=self.settings.lf_args)
         return self._masker
 
     def labels(self, image: Image.Image, source: str | None, grid: TokenGrid) -> np.ndarray:
         """Object label per unit (rows, cols); all background for LLaMA-Factory's placeholder image."""
         if is_placeholder(image, source):
             return np.zeros(grid.shape, dtype=bool)
-        masker = self.masker()
         key = (source, grid) if source else None
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        labels = masker.labels(image, grid, source=source)
+        labels = self.masker().labels(image, grid, source=source)
         if key is not None:
             self._cache[key] = labels
             while len(self._cache) > self.CACHE_SIZE:

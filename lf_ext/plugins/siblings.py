@@ -14,9 +14,9 @@ would need to serve X (an entry whose background contains X's object never verif
 ``lf-ext bench accuracy`` forces. Background tokens depend only on background patches (separated encoding), so
 the composite's background tokens are S's, bit for bit, and its object tokens are what the hit would
 encode from X. A sibling is used only if it passes the cache's verification: same token grid, B_S
-non-empty and covering ``bgobj_cache_min_coverage``, and :func:`~lf_ext.cache.fingerprint.max_unit_distance`
-over B_S within the threshold (the exact check a cache hit passes; the cache's probe fingerprints
-only pre-select entries and never decide). Otherwise the image is left unchanged (counted).
+non-empty and covering ``bgobj_cache_min_coverage``, and every unit of B_S within the threshold: the
+:class:`~lf_ext.cache.policy.VerificationPolicy` the cache itself applies (the cache's probe
+fingerprints only pre-select entries and never decide). Otherwise the image is left unchanged (counted).
 
 Candidates, from the training datasets (``dataset`` of the LLaMA-Factory arguments, read like the
 dataset masks, see :mod:`lf_ext.masks.dataset`; eval datasets and chat uploads are never touched):
@@ -38,7 +38,6 @@ process (bounded LRU); the counts logged every ``LOG_EVERY`` decisions and at ex
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import random
 import weakref
@@ -52,13 +51,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lf_ext.cache.fingerprint import max_unit_distance
-from lf_ext.config import active_lf_args, active_settings
-from lf_ext.inference.pixel_units import PixelNorm, image_units
+from lf_ext.cache.policy import VerificationPolicy
+from lf_ext.config import Settings
+from lf_ext.eval.datasets import dataset_names, path_key, read_datasets, record_images
 from lf_ext.log import get_logger
-from lf_ext.masks.base import MaskError
-from lf_ext.masks.dataset import dataset_names, path_key, read_datasets, record_images
-from lf_ext.plugins.image_labels import open_original
 
 logger = get_logger()
 
@@ -66,16 +62,17 @@ MAX_TRIES = 4  # candidates verified per image at most
 FALLBACK_IMAGES = 8  # same-size images before an ungrouped image in dataset order
 FALLBACK_WINDOW = 64  # how far back in dataset order to look for them
 LOG_EVERY = 1000
-_SAMPLERS: "weakref.WeakSet[SiblingSampler]" = weakref.WeakSet()
 
 
-@atexit.register
-def _log_at_exit() -> None:
-    """The final counts of every sampler of this process (skipped if the log stream is already closed)."""
+def _log_counts(counts: dict[str, int], logged: list[int]) -> None:
+    """Log a sampler's counts if they changed since the last log (skipped once the log stream is closed)."""
+    if counts["drawn"] == logged[0]:
+        return
     if any(getattr(getattr(handler, "stream", None), "closed", False) for handler in logger.handlers):
         return
-    for sampler in list(_SAMPLERS):
-        sampler.log_counts()
+    logged[0] = counts["drawn"]
+    logger.info("bgobj_sibling_prob: %d images drawn, %d served a sibling's background, %d kept theirs "
+                "(no verified sibling)", counts["drawn"], counts["with_sibling"], counts["without"])  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ the index
@@ -112,7 +109,7 @@ class SiblingIndex:
     @classmethod
     def from_dataset(cls, dataset_dir: str | Path, names: Iterable[str]) -> "SiblingIndex":
         index = cls()
-        for records in read_datasets(dataset_dir, names):
+        for _, records in read_datasets(dataset_dir, names):
             index.add_records(records, dataset_dir)
         return index
 
@@ -152,103 +149,90 @@ def image_size(path: str) -> tuple[int, int] | None:
         return None
 
 
-# ------------------------------------------------------------------------------------- verification
-
-
-def pixel_units(pixel_values: torch.Tensor, grid_thw: tuple[int, int, int], image_processor) -> np.ndarray:
-    """One image's ``pixel_values`` block as ``(rows, cols, u, u, 3)`` uint8 units, exactly as the cache
-    at inference sees them (:func:`lf_ext.inference.pixel_units.image_units`)."""
-    return image_units(pixel_values, torch.tensor([grid_thw]), PixelNorm.from_image_processor(image_processor))[0]
-
-
-def background_matches(stored: np.ndarray, background: np.ndarray, units: np.ndarray, threshold: float) -> bool:
-    """Whether ``units`` (an image's) pass a cache hit's verification against ``stored`` (the sibling's,
-    same shape): every unit of ``background`` (rows, cols) bool within ``threshold`` MAD."""
-    index = np.flatnonzero(background.reshape(-1))
-    stored_bg = stored.reshape(-1, *stored.shape[2:])[index]
-    return max_unit_distance(stored_bg, units, index, stop_above=threshold) <= threshold
-
-
 # ----------------------------------------------------------------------------------------- sampling
 
 
 @dataclass(frozen=True)
 class Sibling:
-    """A verified sibling of one image: its path, its ``pixel_values`` block and its background units."""
+    """A candidate encoded at an image's grid: its path, its single-item ``pixel_values``, its units
+    (rows, cols, u, u, 3) uint8 and the background set it would be served with (rows, cols) bool."""
 
     source: str
     pixel_values: torch.Tensor
-    background: np.ndarray  # (rows, cols) bool
+    units: np.ndarray
+    background: np.ndarray
+
+    def without(self, units: np.ndarray) -> "Sibling":
+        """The same sibling with ``units`` (rows, cols) bool taken out of its background."""
+        return Sibling(self.source, self.pixel_values, self.units, self.background & ~np.asarray(units, bool))
 
 
-Encode = Callable[[Image.Image], tuple[torch.Tensor, tuple[int, int, int]]]  # image -> (pixel_values, thw)
-Label = Callable[[Image.Image, str], np.ndarray]  # (image, source) -> object labels (rows, cols)
-
-
-def _is_training(lf_args: Mapping[str, Any]) -> bool:
-    value = lf_args.get("do_train", False)
-    return value.lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
+Load = Callable[[str], "Sibling | None"]  # path -> the candidate at this image's grid (None: unusable)
 
 
 class SiblingSampler:
-    """Decides, per training image, whether and from which sibling its background is served, and builds
-    the composite. Holds the index, a bounded memo of decisions and the counts."""
+    """Decides, per training image, whether and from which sibling its background is served. Holds the
+    index, a bounded memo of decisions and the counts."""
 
     MEMO_SIZE = 65536
 
-    def __init__(self):
-        self._key = None
+    def __init__(self, settings: Settings | None = None):
+        self.settings = settings or Settings()
+        self.policy = VerificationPolicy.from_settings(self.settings.keys)
         self._index: SiblingIndex | None = None
         self._memo: OrderedDict[tuple, str | None] = OrderedDict()
         self.counts = {"drawn": 0, "with_sibling": 0, "without": 0}
-        self._logged_at = 0
-        _SAMPLERS.add(self)
+        self._logged = [0]
+        weakref.finalize(self, _log_counts, self.counts, self._logged)  # the final counts: when dropped, or at exit
 
-    # settings -----------------------------------------------------------------------------------
+    def __getstate__(self):  # dataset workers get a fresh sampler with the same settings
+        return {"settings": self.settings}
+
+    def __setstate__(self, state):
+        self.__init__(state["settings"])
+
     def enabled(self) -> bool:
-        """True when ``bgobj_sibling_prob`` > 0 and this process trains (not chat/api/export)."""
-        return active_settings().bgobj_sibling_prob > 0 and _is_training(active_lf_args())
+        """True when ``bgobj_sibling_prob`` > 0 and this command trains (not chat/api/export)."""
+        return self.settings.keys.bgobj_sibling_prob > 0 and self.settings.training
 
     def index(self) -> SiblingIndex:
-        settings, lf_args = active_settings(), active_lf_args()
-        if self._index is None or self._key is None or self._key[0] is not settings or self._key[1] is not lf_args:
-            self._index, self._key = SiblingIndex.from_lf_args(lf_args), (settings, lf_args)
-            self._memo.clear()
-            logger.info("bgobj_sibling_prob=%s: %d training images, %d in sibling groups", settings.bgobj_sibling_prob,
-                        len(self._index), len(self._index.group_of))  # fmt: skip
+        if self._index is None:
+            self._index = SiblingIndex.from_lf_args(self.settings.lf_args)
+            logger.info("bgobj_sibling_prob=%s: %d training images, %d in sibling groups",
+                        self.settings.keys.bgobj_sibling_prob, len(self._index), len(self._index.group_of))  # fmt: skip
         return self._index
 
-    # decisions ----------------------------------------------------------------------------------
-    def choose(self, source: str | None, pixel_values: torch.Tensor, grid_thw: tuple[int, int, int],
-               image_processor, encode: Encode, label: Label, own_object: np.ndarray | None = None) -> Sibling | None:  # fmt: skip
+    def choose(self, source: str | None, units: np.ndarray, grid: tuple[int, int, int], own_object: np.ndarray,
+               load: Load) -> Sibling | None:  # fmt: skip
         """The sibling whose background this image gets, or None. Pure in its inputs (see module doc).
 
-        ``own_object`` (rows, cols) bool: this image's object units, taken out of the sibling's
-        background (the entry a stream holding both images would need; without it a sibling whose
-        background contains this image's object can never verify)."""
-        load = lambda candidate: _without(self._load(candidate, grid_thw, image_processor, encode, label), own_object)  # noqa: E731
+        ``units`` (rows, cols, u, u, 3): this image's; ``own_object`` (rows, cols) bool: its object
+        units, taken out of the sibling's background (the entry a stream holding both images would
+        need; without it a sibling whose background contains this image's object can never verify)."""
         index = self.index()
         key = path_key(source) if source else None
         if key is None or key not in index.position:
             return None  # not a training image of the datasets (e.g. an in-memory picture)
-        memo_key = (key, tuple(grid_thw))
+
+        def served(candidate: str) -> Sibling | None:
+            sibling = load(candidate)
+            if sibling is None:
+                return None
+            sibling = sibling.without(own_object)
+            return sibling if self.policy.admits(sibling.background) else None
+
+        memo_key = (key, tuple(grid))
         if memo_key in self._memo:
             self._memo.move_to_end(memo_key)
             chosen = self._memo[memo_key]
-            return None if chosen is None else load(chosen)
-        settings = active_settings()
-        seed = str(active_lf_args().get("seed", 42))
-        digest = hashlib.sha256(f"{seed}\0{index.names[index.position[key]]}".encode()).digest()
+            return None if chosen is None else served(chosen)
+        digest = hashlib.sha256(f"{self.settings.lf('seed', 42)}\0{index.names[index.position[key]]}".encode()).digest()
         rng = random.Random(int.from_bytes(digest[:8], "big"))
         sibling = None
-        if rng.random() < settings.bgobj_sibling_prob:
-            units = pixel_units(pixel_values, grid_thw, image_processor)
+        if rng.random() < self.settings.keys.bgobj_sibling_prob:
             for candidate in index.candidates(key, rng):
-                sibling = load(candidate)
-                if sibling is not None and background_matches(
-                    pixel_units(sibling.pixel_values, grid_thw, image_processor), sibling.background, units,
-                    settings.bgobj_cache_unit_threshold,
-                ):  # fmt: skip
+                sibling = served(candidate)
+                if sibling is not None and self.policy.verifies(_stored(sibling), units, np.flatnonzero(sibling.background)):
                     break
                 sibling = None
             self._count(sibling is not None)
@@ -257,54 +241,21 @@ class SiblingSampler:
             self._memo.popitem(last=False)
         return sibling
 
-    def sibling_of(self, source: str, grid_thw) -> str | None:
+    def sibling_of(self, source: str, grid) -> str | None:
         """The sibling already chosen for ``source`` at this grid in this process (None if none or undecided)."""
-        return self._memo.get((path_key(source), tuple(grid_thw)))
-
-    def _load(self, source: str, grid_thw, image_processor, encode: Encode, label: Label) -> Sibling | None:
-        """The candidate encoded at this grid, if it has one and a large enough background."""
-        try:
-            image, _ = open_original(source, 0)
-            pixel_values, thw = encode(image)
-            if tuple(thw) != tuple(grid_thw):
-                return None
-            background = ~np.asarray(label(image, source), dtype=bool)
-        except MaskError:
-            return None  # an unreadable candidate or one without a mask is no sibling
-        if not background.any() or background.mean() < active_settings().bgobj_cache_min_coverage:
-            return None  # the cache would not store this background
-        return Sibling(source, pixel_values, background)
+        return self._memo.get((path_key(source), tuple(grid)))
 
     def _count(self, found: bool) -> None:
         self.counts["drawn"] += 1
         self.counts["with_sibling" if found else "without"] += 1
-        if self.counts["drawn"] - self._logged_at >= LOG_EVERY:
+        if self.counts["drawn"] - self._logged[0] >= LOG_EVERY:
             self.log_counts()
 
     def log_counts(self) -> None:
-        if self.counts["drawn"] == self._logged_at:
-            return
-        self._logged_at = self.counts["drawn"]
-        counts = self.counts
-        logger.info("bgobj_sibling_prob: %d images drawn, %d served a sibling's background, %d kept theirs "
-                    "(no verified sibling)", counts["drawn"], counts["with_sibling"], counts["without"])  # fmt: skip
+        _log_counts(self.counts, self._logged)
 
 
-def _without(sibling: Sibling | None, own_object: np.ndarray | None) -> Sibling | None:
-    """The sibling with ``own_object`` units removed from its background (None if too little is left)."""
-    if sibling is None or own_object is None:
-        return sibling
-    background = sibling.background & ~np.asarray(own_object, dtype=bool).reshape(sibling.background.shape)
-    if not background.any() or background.mean() < active_settings().bgobj_cache_min_coverage:
-        return None
-    return Sibling(sibling.source, sibling.pixel_values, background)
-
-
-def composite(pixel_values: torch.Tensor, sibling: Sibling, merge_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image's ``pixel_values`` block with the sibling's rows on its background units, and the
-    labels a cache hit gives (object = NOT B_S), flat row-major."""
-    background = torch.from_numpy(sibling.background.reshape(-1))
-    patches = merge_size * merge_size
-    out = pixel_values.clone().view(background.numel(), patches, -1)
-    out[background] = sibling.pixel_values.to(out.dtype).view(background.numel(), patches, -1)[background]
-    return out.view_as(pixel_values), ~background
+def _stored(sibling: Sibling) -> np.ndarray:
+    """The sibling's units on its background set, as a cache entry stores them (|B|, u, u, 3)."""
+    flat = sibling.units.reshape(-1, *sibling.units.shape[2:])
+    return flat[np.flatnonzero(sibling.background)]

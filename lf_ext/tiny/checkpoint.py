@@ -6,7 +6,6 @@ The result loads through the stock ``from_pretrained`` paths and LLaMA-Factory's
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,87 +20,24 @@ from transformers import (
     LlavaProcessor,
     PretrainedConfig,
     ProcessorMixin,
-    Qwen2_5_VLConfig,
     Qwen2_5_VLProcessor,
-    Qwen2VLConfig,
-    Qwen2VLImageProcessor,
     Qwen2VLProcessor,
-    Qwen2VLVideoProcessor,
 )
 
 from lf_ext.tiny import ARCH_NAMES, chat_templates
-from lf_ext.tiny.tokenizer import llama_tokenizer, qwen_tokenizer
-
-
-def _embedding_rows(tokenizer) -> int:
-    """Like real checkpoints: more embedding rows than tokens (new tokens land on spare rows)."""
-    return int(math.ceil((len(tokenizer) + 16) / 64) * 64)
-
-
-def _qwen_token_ids(tokenizer) -> dict[str, int]:
-    ids = tokenizer.convert_tokens_to_ids
-    return dict(
-        image_token_id=ids("<|image_pad|>"),
-        video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-    )
-
-
-def _qwen_text(tokenizer, shape: str) -> dict:
-    ids = tokenizer.convert_tokens_to_ids
-    common = dict(bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=ids("<|endoftext|>"))
-    if shape == "small":  # ~100M parameters in all: Qwen2-0.5B-like layers, fewer of them
-        return dict(common, vocab_size=_embedding_rows(tokenizer), hidden_size=896, intermediate_size=4864,
-                    num_hidden_layers=5, num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                    rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12], "rope_theta": 1000000.0})  # fmt: skip
-    if shape == "2b":  # Qwen2-VL-2B-Instruct text tower
-        return dict(common, vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-                    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768,
-                    rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24], "rope_theta": 1000000.0})  # fmt: skip
-    return dict(common, vocab_size=_embedding_rows(tokenizer), hidden_size=64, intermediate_size=128,
-                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3], "rope_theta": 1000000.0})  # fmt: skip
-
-
-def qwen2_vl_config(tokenizer, shape: str) -> PretrainedConfig:
-    text = _qwen_text(tokenizer, shape)
-    if shape == "2b":
-        vision = dict(depth=32, embed_dim=1280, hidden_size=1536, num_heads=16, mlp_ratio=4)
-    elif shape == "small":
-        vision = dict(depth=8, embed_dim=512, hidden_size=text["hidden_size"], num_heads=8, mlp_ratio=4)
-    else:
-        vision = dict(depth=2, embed_dim=32, hidden_size=text["hidden_size"], num_heads=4, mlp_ratio=2)
-    return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=shape == "2b",
-                         **_qwen_token_ids(tokenizer))  # fmt: skip
-
-
-def qwen2_5_vl_config(tokenizer, shape: str) -> PretrainedConfig:
-    text = _qwen_text(tokenizer, shape)
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=text["hidden_size"],
-                  window_size=112, fullatt_block_indexes=[1])  # fmt: skip
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **_qwen_token_ids(tokenizer))
+from lf_ext.families.qwen.tiny import qwen2_5_vl_config, qwen2_vl_config, qwen_processor
+from lf_ext.tiny.tokenizer import embedding_rows, llama_tokenizer, qwen_tokenizer
 
 
 def llava_config(tokenizer, shape: str) -> PretrainedConfig:
     ids = tokenizer.convert_tokens_to_ids
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                               image_size=336, patch_size=14, projection_dim=32)  # fmt: skip
-    text = LlamaConfig(vocab_size=_embedding_rows(tokenizer), hidden_size=64, intermediate_size=128,
+    text = LlamaConfig(vocab_size=embedding_rows(tokenizer), hidden_size=64, intermediate_size=128,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
                        bos_token_id=ids("<s>"), eos_token_id=ids("</s>"), pad_token_id=ids("<pad>"))  # fmt: skip
     return LlavaConfig(vision_config=vision, text_config=text, image_token_id=ids("<image>"),
                        vision_feature_select_strategy="default", vision_feature_layer=-2, image_seq_length=576)  # fmt: skip
-
-
-def qwen_processor(cls: type[ProcessorMixin]) -> Callable:
-    def build(tokenizer) -> ProcessorMixin:
-        image = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
-        video = Qwen2VLVideoProcessor()
-        return cls(image_processor=image, tokenizer=tokenizer, video_processor=video,
-                   chat_template=chat_templates.QWEN2_VL)  # fmt: skip
-
-    return build
 
 
 def llava_processor(tokenizer) -> ProcessorMixin:

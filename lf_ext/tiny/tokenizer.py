@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -74,3 +76,8 @@ def llama_tokenizer(chat_template: str) -> PreTrainedTokenizerFast:
         chat_template=chat_template,
         model_max_length=4096,
     )
+
+
+def embedding_rows(tokenizer) -> int:
+    """Like real checkpoints: more embedding rows than tokens (new tokens land on spare rows)."""
+    return int(math.ceil((len(tokenizer) + 16) / 64) * 64)

@@ -1,40 +1,48 @@
-"""Exact-match accuracy of a model on a sharegpt test file, answered through LLaMA-Factory's ChatModel."""
+"""Answering a dataset's questions through LLaMA-Factory's ``ChatModel``, and exact-match accuracy."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Any, Callable, ContextManager
 
 from tqdm import tqdm
+
+from lf_ext.eval.datasets import read_records, record_images
 
 
 def normalize(answer: str) -> str:
     return answer.strip().lower().rstrip(".").strip()
 
 
-def load_records(dataset_dir: str | Path, file_name: str, limit: int | None = None) -> list[dict]:
-    records = json.loads((Path(dataset_dir) / file_name).read_text())
+def load_records(dataset_dir: str | Path, name: str, limit: int | None = None) -> list[dict]:
+    """The normalised records of dataset ``name`` (see :mod:`lf_ext.eval.datasets`), at most ``limit``."""
+    records = read_records(dataset_dir, name)
     return records[:limit] if limit else records
 
 
-def _question_and_answer(record: dict) -> tuple[str, str]:
-    user, assistant = record["messages"][0], record["messages"][1]
-    return user["content"], assistant["content"]
+def question_and_answer(record: dict) -> tuple[str, str]:
+    """The first user turn and the assistant turn after it."""
+    messages = record["messages"]
+    user = next(i for i, m in enumerate(messages) if m["role"] == "user")
+    return messages[user]["content"], messages[user + 1]["content"]
+
+
+def question_type(record: dict) -> str:
+    return (record.get("meta") or {}).get("question_type", "all")
 
 
 def majority_baseline(train: list[dict], test: list[dict]) -> float:
     """Accuracy of always giving the most frequent training answer of each question type."""
     by_type: dict[str, Counter] = defaultdict(Counter)
     for rec in train:
-        by_type[rec.get("meta", {}).get("question_type", "all")][normalize(_question_and_answer(rec)[1])] += 1
+        by_type[question_type(rec)][normalize(question_and_answer(rec)[1])] += 1
     hits = 0
     for rec in test:
-        common = by_type.get(rec.get("meta", {}).get("question_type", "all"))
-        hits += bool(common) and common.most_common(1)[0][0] == normalize(_question_and_answer(rec)[1])
+        common = by_type.get(question_type(rec))
+        hits += bool(common) and common.most_common(1)[0][0] == normalize(question_and_answer(rec)[1])
     return hits / max(len(test), 1)
 
 
@@ -49,26 +57,25 @@ def open_chat(model_dir: str | Path, template: str, image_max_pixels: int = 5017
                           max_new_tokens=8, do_sample=False, infer_dtype="float32", **(extra_args or {})))  # fmt: skip
 
 
-def record_images(dataset_dir: str | Path, record: dict) -> list[str]:
-    return [str(Path(dataset_dir) / p) for p in record.get("images", [])]
-
-
 def answer_records(chat, dataset_dir: str | Path, records: list[dict],
-                   after: Callable[[int, dict, bool], None] | None = None,
-                   around: Callable[[int, dict], ContextManager] | None = None) -> dict:  # fmt: skip
-    """Answer each record's question; the answer runs inside ``around(index, record)`` if given, then
-    ``after(index, record, correct)`` runs."""
+                   after: Callable[[int, dict, bool, Any], None] | None = None,
+                   around: Callable[[int, dict], ContextManager] | None = None,
+                   images: Callable[[int, dict, list[str]], list[Any]] | None = None) -> dict:  # fmt: skip
+    """Answer each record's question. The answer runs inside ``around(index, record)`` if given;
+    ``images(index, record, paths)`` may replace the images passed (e.g. to tag them with a request id);
+    then ``after(index, record, correct, reply)`` runs."""
     per_type: dict[str, list[bool]] = defaultdict(list)
     examples = []
     for index, rec in enumerate(tqdm(records, desc="answering", unit="q")):
-        question, answer = _question_and_answer(rec)
-        images = record_images(dataset_dir, rec)
+        question, answer = question_and_answer(rec)
+        paths = record_images(rec, dataset_dir)
+        passed = images(index, rec, paths) if images is not None else paths
         with around(index, rec) if around is not None else contextlib.nullcontext():
-            reply = chat.chat([{"role": "user", "content": question}], images=images or None)[0].response_text
+            reply = chat.chat([{"role": "user", "content": question}], images=passed or None)[0].response_text
         ok = normalize(reply) == normalize(answer)
-        per_type[rec.get("meta", {}).get("question_type", "all")].append(ok)
+        per_type[question_type(rec)].append(ok)
         if after is not None:
-            after(index, rec, ok)
+            after(index, rec, ok, reply)
         if len(examples) < 5:
             examples.append((question.replace("<image>", ""), answer, reply))
     flat = [ok for oks in per_type.values() for ok in oks]

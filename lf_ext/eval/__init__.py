@@ -1,0 +1,1 @@
+"""Evaluation: reading LLaMA-Factory datasets, answering them through ``ChatModel``, metrics, and cache forcing."""

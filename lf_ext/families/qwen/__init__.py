@@ -1,0 +1,115 @@
+"""The Qwen2-VL family, and Qwen2.5-VL as its window-attention delta.
+
+- the ``bgobj`` spec lives in ``config.vision_config`` and the modules at ``model.visual.bgobj``
+  (``model.bgobj`` would be renamed to ``model.language_model.bgobj`` by transformers' checkpoint key
+  conversion on reload and dropped);
+- a token unit is a 2x2 block of 14-px patches (28 px) after ``smart_resize``;
+- the projector is the tower's ``merger``; separators start from ``<|vision_start|>``/``<|vision_end|>``;
+- positions are M-RoPE, computed by an instance override of ``get_rope_index`` that both the
+  training collator and ``generate`` call.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from lf_ext.families.base import BgObjFamily, inner_model
+from lf_ext.families.qwen import positions as rope
+from lf_ext.families.qwen.pixels import QwenPixelUnits
+from lf_ext.families.qwen.vision import encode_units
+from lf_ext.layout import TOKEN_GROUPS, ImageLayout, SeparatorIds
+from lf_ext.masks.geometry import LF_MAX_PIXELS, LF_MIN_PIXELS, qwen2_vl_grid
+
+
+class Qwen2VLFamily(BgObjFamily):
+    name = "qwen2_vl"
+    model_types = ("qwen2_vl",)
+    template = "qwen2_vl_bgobj"
+    stock_template = "qwen2_vl"
+    plugin = "lf_ext.plugins.qwen2_vl_bgobj:Qwen2VLBgObjPlugin"
+    init_targets = {"transformers.models.qwen2_vl.modeling_qwen2_vl": "Qwen2VisionTransformerPretrainedModel"}
+    decoder_layers = {
+        "qwen2_vl_text": "transformers.models.qwen2_vl.modeling_qwen2_vl:Qwen2VLDecoderLayer",
+        "qwen2_5_vl_text": "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl:Qwen2_5_VLDecoderLayer",
+    }
+
+    # structure ---------------------------------------------------------------------------------
+    def spec_holder(self, config):
+        return config.vision_config
+
+    def delimiter_ids(self, config) -> tuple[int, int]:
+        return int(config.vision_start_token_id), int(config.vision_end_token_id)
+
+    def modules_owner(self, model: nn.Module) -> nn.Module:
+        return inner_model(model).visual
+
+    def projector_of(self, owner: nn.Module) -> nn.Module:
+        return owner.merger
+
+    # pixels ------------------------------------------------------------------------------------
+    def token_grid(self, width: int, height: int, processor):
+        ip = processor.image_processor
+        return qwen2_vl_grid(
+            width, height,
+            image_max_pixels=getattr(processor, "image_max_pixels", LF_MAX_PIXELS),
+            image_min_pixels=getattr(processor, "image_min_pixels", LF_MIN_PIXELS),
+            min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"],
+            patch_size=ip.patch_size, merge_size=ip.merge_size,
+        )  # fmt: skip
+
+    def unit_grids(self, mm_inputs: dict, processor) -> list[tuple[int, int, int]]:
+        merge = processor.image_processor.merge_size
+        return [(t, h // merge, w // merge) for t, h, w in mm_inputs["image_grid_thw"].tolist()]
+
+    def pixel_units(self, image_processor) -> QwenPixelUnits:
+        return QwenPixelUnits.from_image_processor(image_processor)
+
+    # forward -----------------------------------------------------------------------------------
+    def vision_dtype(self, model: nn.Module) -> torch.dtype:
+        return inner_model(model).visual.dtype
+
+    def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout, groups=TOKEN_GROUPS) -> torch.Tensor:
+        visual = inner_model(model).visual
+        projector = None
+        if self.spec(model).get("split_projector"):
+            modules = self.modules(model)
+            projector = lambda hidden, is_object: modules("project", hidden, is_object)  # noqa: E731  (via PEFT wrappers)
+        return encode_units(visual, pixel_values, layout, groups, projector)
+
+    def positions(self, model: nn.Module, input_ids: torch.Tensor, layout: ImageLayout,
+                  attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        return rope.separated_positions(input_ids, layout, self.separator_tokens(model), attention_mask)[0]
+
+    def stock_features(self, model: nn.Module, mm_inputs: dict) -> torch.Tensor:
+        visual = inner_model(model).visual
+        return visual(mm_inputs["pixel_values"].type(visual.dtype), grid_thw=mm_inputs["image_grid_thw"]).pooler_output
+
+    def stock_positions(self, model: nn.Module, input_ids: torch.Tensor, mm_inputs: dict) -> torch.Tensor:
+        mm_types = (input_ids == self.image_token_id(model.config)).int()
+        return inner_model(model).get_rope_index(input_ids, image_grid_thw=mm_inputs["image_grid_thw"], mm_token_type_ids=mm_types,
+                                                 attention_mask=torch.ones_like(input_ids))[0]  # fmt: skip
+
+    def install_positions(self, model: nn.Module, tokens: SeparatorIds) -> None:
+        inner = inner_model(model)
+        stock = inner.get_rope_index
+        if not isinstance(stock, functools.partial):
+            inner.get_rope_index = functools.partial(rope.separated_rope_index, stock, tokens)
+
+    def prefusion_positions(self, position_ids, hidden: torch.Tensor, past_length: int):
+        return rope.prefusion_positions(position_ids, hidden, past_length)
+
+
+class Qwen25VLFamily(Qwen2VLFamily):
+    """Qwen2.5-VL: the same family; its tower's window attention is cut by the groups as well
+    (:func:`~lf_ext.families.qwen.vision.encode_units` detects the windowed tower)."""
+
+    name = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+    init_targets = {"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "Qwen2_5_VisionTransformerPretrainedModel"}
+
+
+QWEN2_VL = Qwen2VLFamily()
+QWEN2_5_VL = Qwen25VLFamily()

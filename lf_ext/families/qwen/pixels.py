@@ -1,0 +1,76 @@
+"""Token units as uint8 pixels in a Qwen2-VL processor's ``pixel_values``, and back.
+
+The cache verifies what the model actually sees: the image after the processor's resize, one
+``(merge * patch)``-pixel square per visual token. ``pixel_values`` hold exactly those pixels,
+rescaled and normalised, so undoing the normalisation recovers them (to rounding) without the
+original image. Patch layout (``Qwen2VLImageProcessor``): per item ``(t, h/m, w/m, m, m)`` patches,
+each flattened as ``(channels, temporal_patch_size, patch, patch)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lf_ext.families.base import PixelUnits
+from lf_ext.layout import ImageLayout
+
+
+@dataclass(frozen=True)
+class QwenPixelUnits(PixelUnits):
+    """The processor settings that place and normalise the units."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    rescale: float = 1 / 255
+    patch: int = 14
+    merge: int = 2
+    temporal: int = 2
+
+    @classmethod
+    def from_image_processor(cls, ip) -> "QwenPixelUnits":
+        return cls(tuple(float(v) for v in ip.image_mean), tuple(float(v) for v in ip.image_std),
+                   float(getattr(ip, "rescale_factor", 1 / 255)), int(ip.patch_size), int(ip.merge_size),
+                   int(ip.temporal_patch_size))  # fmt: skip
+
+    @property
+    def unit(self) -> int:
+        return self.merge * self.patch
+
+    def fingerprint(self) -> str:
+        return repr((type(self).__name__, self.mean, self.std, self.rescale, self.patch, self.merge, self.temporal))
+
+    def _rows(self, layout: ImageLayout, item: int) -> slice:
+        per_unit = self.merge**2
+        start = layout.offset(item) * per_unit
+        return slice(start, start + layout.sizes[item] * per_unit)
+
+    def item_pixels(self, pixel_values: torch.Tensor, layout: ImageLayout, item: int) -> torch.Tensor:
+        return pixel_values[self._rows(layout, item)]
+
+    def units(self, pixel_values: torch.Tensor, layout: ImageLayout, item: int) -> np.ndarray:
+        """``(slices, rows, cols, u, u, 3)`` uint8 of one item (the first frame of each temporal slice)."""
+        m, p, t = self.merge, self.patch, self.temporal
+        slices, rows, cols = layout.grids[item]
+        block = self.item_pixels(pixel_values, layout, item).detach()
+        if block.shape[0] != slices * rows * cols * m * m or block.shape[1] != 3 * t * p * p:
+            raise ValueError(f"pixel_values block {tuple(block.shape)} does not hold a {slices}x{rows}x{cols}-unit item "
+                             f"of {m}x{m} patches with {3 * t * p * p} values each")  # fmt: skip
+        scale = torch.tensor(self.std).view(1, 3, 1, 1) / self.rescale
+        offset = torch.tensor(self.mean).view(1, 3, 1, 1) / self.rescale
+        first = block.reshape(-1, 3, t, p, p)[:, :, 0].float()  # first temporal copy: (patches, 3, p, p)
+        values = torch.addcmul(offset, first, scale).round_().clamp_(0, 255).to(torch.uint8)  # quantise, then move bytes
+        units = values.view(slices, rows, cols, m, m, 3, p, p).permute(0, 1, 2, 3, 6, 4, 7, 5)
+        return units.reshape(slices, rows, cols, m * p, m * p, 3).numpy()
+
+    def replace(self, pixel_values: torch.Tensor, layout: ImageLayout, item: int, donor: torch.Tensor,
+                where: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        rows = self._rows(layout, item)
+        where = torch.as_tensor(where, dtype=torch.bool).reshape(-1)
+        per_unit = self.merge**2
+        out = pixel_values.clone()
+        block = out[rows].view(where.numel(), per_unit, -1)
+        block[where] = donor.to(out.dtype).reshape(where.numel(), per_unit, -1)[where]
+        return out

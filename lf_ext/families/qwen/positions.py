@@ -1,0 +1,91 @@
+"""M-RoPE position ids of separated sequences (Qwen2-VL / Qwen2.5-VL).
+
+For an item whose ``[BG_START]`` sits at text position ``s - 1``, every visual token keeps the
+position its unit has in the stock layout, ``(s + slice, s + row, s + col)``, whether it is in the
+background or the object group. ``[BG_END]`` takes ``s + max(slices, rows, cols)``, where stock text
+after the item would start, so every position up to ``[BG_END]`` depends on the background units
+only, never on the object: the background prefix can be cached. Text positions are 1-D as in stock.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from lf_ext.layout import COLLATING_LAYOUT, LAYOUT_KEY, Group, ImageLayout, SeparatorIds, check_spans, find_spans
+
+
+def _unit_positions(start: int, layout: ImageLayout, item: int, group: Group) -> torch.Tensor:
+    """(3, n) positions of one group's tokens of one item."""
+    _, rows, cols = layout.grids[item]
+    units = layout.token_units(item, (group,))
+    return torch.stack([start + units // (rows * cols), start + units // cols % rows, start + units % cols])
+
+
+def _sequence_positions(tokens: list[int], layout: ImageLayout, ids: SeparatorIds) -> torch.Tensor:
+    """(3, n) positions of one sequence (padding removed) whose items are ``layout``'s."""
+    spans = find_spans(tokens, ids)
+    check_spans(spans, layout)
+    out, cur, at = [], 0, 0
+    for item, span in enumerate(spans):
+        text = span.bg_start + 1 - at  # text before the item, and [BG_START]
+        out.append(torch.arange(cur, cur + text).expand(3, -1))
+        cur += text
+        start = cur
+        out.append(_unit_positions(start, layout, item, Group.BACKGROUND))
+        cur = start + max(layout.grids[item])
+        out.append(torch.arange(cur, cur + 2).expand(3, -1))  # [BG_END] [OBJ_START]
+        out.append(_unit_positions(start, layout, item, Group.OBJECT))
+        cur += 2
+        at = span.obj_end
+    out.append(torch.arange(cur, cur + len(tokens) - at).expand(3, -1))
+    return torch.cat(out, dim=1).long()
+
+
+def separated_positions(input_ids: torch.Tensor, layout: ImageLayout, ids: SeparatorIds,
+                        attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(positions (3, B, L), rope deltas (B, 1)) of a batch whose items, row after row, are ``layout``'s."""
+    positions = torch.zeros(3, *input_ids.shape, dtype=input_ids.dtype, device=input_ids.device)
+    deltas, item = [], 0
+    for row in range(input_ids.shape[0]):
+        keep = attention_mask[row].bool() if attention_mask is not None else torch.ones_like(input_ids[row], dtype=torch.bool)
+        starts = (input_ids[row] == ids.bg_start).nonzero().flatten().tolist()
+        kept = [item + k for k, at in enumerate(starts) if bool(keep[at])]  # padding may hold LF's fake image
+        item += len(starts)
+        row_layout = ImageLayout.concat(layout.item(k) for k in kept)
+        tokens = input_ids[row][keep].tolist()
+        row_positions = _sequence_positions(tokens, row_layout, ids)
+        positions[:, row, keep] = row_positions.to(positions.device, positions.dtype)
+        deltas.append(int(row_positions.max()) + 1 - len(tokens) if row_positions.numel() else 0)
+    if item != len(layout):
+        raise ValueError(f"the batch has {item} separated items, the layout {len(layout)}")
+    return positions, torch.tensor(deltas, device=input_ids.device).unsqueeze(1)
+
+
+def separated_rope_index(stock: Callable, ids: SeparatorIds, input_ids: torch.Tensor, mm_token_type_ids=None,
+                         image_grid_thw=None, video_grid_thw=None, attention_mask=None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Drop-in ``get_rope_index``: separated sequences by the walk above, others by the stock function.
+
+    The layout comes as the ``bgobj_layout`` keyword (``generate`` passes every model input) or, in
+    the training collator, from :data:`~lf_ext.layout.COLLATING_LAYOUT`."""
+    layout = ImageLayout.coerce(kwargs.pop(LAYOUT_KEY, None)) or COLLATING_LAYOUT.get()
+    if layout is None or not bool((input_ids == ids.bg_start).any()):
+        return stock(input_ids, mm_token_type_ids=mm_token_type_ids, image_grid_thw=image_grid_thw,
+                     video_grid_thw=video_grid_thw, attention_mask=attention_mask, **kwargs)  # fmt: skip
+    if video_grid_thw is not None:
+        raise ValueError("qwen2_vl_bgobj: a batch mixing videos with separated images is not supported")
+    return separated_positions(input_ids, layout, ids, attention_mask)
+
+
+def prefusion_positions(position_ids, hidden: torch.Tensor, past_length: int):
+    """(M-RoPE positions (3, B, n), 1-D text positions or None) from what the Qwen LLM received."""
+    if position_ids is None:
+        position_ids = torch.arange(hidden.shape[1], device=hidden.device) + past_length
+        position_ids = position_ids.view(1, 1, -1).expand(3, hidden.shape[0], -1)
+    elif position_ids.ndim == 2:
+        position_ids = position_ids[None].expand(3, *position_ids.shape)
+    text_positions = None
+    if position_ids.shape[0] == 4:
+        text_positions, position_ids = position_ids[0], position_ids[1:]
+    return position_ids, text_positions

@@ -1,0 +1,146 @@
+"""What every bgobj plugin does, whatever the family: labels -> layout -> placeholders and model inputs.
+
+A family's plugin is ``class XBgObjPlugin(BgObjPluginMixin, <LLaMA-Factory's plugin for X>)`` plus
+the few lines that differ (how an item's tokens are wrapped, extra model inputs). The mixin:
+
+1. opens each image as LLaMA-Factory accepts it (and reads a request id, if the image carries one);
+2. runs the stock processor, then labels every token unit with the settings' mask provider at the
+   processor's geometry (checked against the processor's own grid);
+3. with ``bgobj_sibling_prob``, serves chosen training images a verified sibling's background;
+4. returns the stock inputs plus the packed :class:`~lf_ext.layout.ImageLayout` (``bgobj_layout``)
+   and the request ids (``bgobj_request``), and expands each ``<image>`` into the separated layout.
+
+The plugin of a registered template holds default settings; ``get_template_and_fix_tokenizer``
+hands every command a copy bound to its own settings (:meth:`BgObjPluginMixin.bind`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from copy import deepcopy
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+from llamafactory.extras.constants import IMAGE_PLACEHOLDER
+
+from lf_ext.config import Settings
+from lf_ext.families import BgObjFamily, family_for_type
+from lf_ext.layout import LAYOUT_KEY, ImageLayout
+from lf_ext.masks.base import MaskError
+from lf_ext.plugins.image_labels import REQUEST_KEY, OpenedImage, UnitLabeler, open_original
+from lf_ext.plugins.siblings import Sibling, SiblingSampler
+
+
+@dataclass
+class BgObjPluginMixin:
+    """Mixed in before a LLaMA-Factory plugin class; subclasses set ``family_type`` (an HF model_type)."""
+
+    family_type = ""  # a class attribute, not a field
+    settings: Settings = field(default_factory=Settings, repr=False, compare=False)
+    _labeler: UnitLabeler | None = field(default=None, repr=False, compare=False)
+    _siblings: SiblingSampler | None = field(default=None, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ settings
+    def bind(self, settings: Settings):
+        """A copy of this plugin using ``settings`` (its own labeler and sibling sampler)."""
+        return dataclasses.replace(self, settings=settings, _labeler=UnitLabeler(settings), _siblings=SiblingSampler(settings))
+
+    @property
+    def family(self) -> BgObjFamily:
+        return family_for_type(self.family_type)
+
+    @property
+    def labeler(self) -> UnitLabeler:
+        if self._labeler is None:
+            self._labeler = UnitLabeler(self.settings)
+        return self._labeler
+
+    @property
+    def siblings(self) -> SiblingSampler:
+        if self._siblings is None:
+            self._siblings = SiblingSampler(self.settings)
+        return self._siblings
+
+    # ------------------------------------------------------------------ what differs per family
+    def wrap_item(self, layout_text: str) -> str:
+        """The text that replaces one ``<image>``, given its separated layout text."""
+        return layout_text
+
+    # ------------------------------------------------------------------ model inputs
+    def _stock_inputs(self, images: list, videos, audios, processor) -> dict:
+        return super()._get_mm_inputs(images, videos, audios, processor)
+
+    def _get_mm_inputs(self, images, videos, audios, processor):
+        opened = [open_original(image, index) for index, image in enumerate(images)]
+        mm_inputs = self._stock_inputs([o.image for o in opened], videos, audios, processor)
+        if not opened:
+            return mm_inputs
+        family = self.family
+        grids = family.unit_grids(mm_inputs, processor)
+        labels = []
+        for index, (item, grid) in enumerate(zip(opened, grids)):
+            geometry = family.token_grid(item.image.width, item.image.height, processor)
+            if (1, *geometry.shape) != tuple(grid):
+                raise MaskError(f"image {index} ({item.source}): token grid {geometry.shape} disagrees with the "
+                                f"processor's {grid[1:]}")  # fmt: skip
+            labels.append(torch.from_numpy(self.labeler.labels(item.image, item.source, geometry).reshape(-1)))
+        layout = ImageLayout.from_labels(grids, torch.cat(labels))
+        if self.siblings.enabled():
+            mm_inputs, layout = self._serve_siblings(opened, mm_inputs, layout, processor)
+        mm_inputs[LAYOUT_KEY] = layout.pack()
+        if any(o.request is not None for o in opened):
+            mm_inputs[REQUEST_KEY] = torch.tensor([-1 if o.request is None else int(o.request) for o in opened])
+        return mm_inputs
+
+    def _serve_siblings(self, opened: list[OpenedImage], mm_inputs: dict, layout: ImageLayout, processor):
+        """``bgobj_sibling_prob``: give chosen images a sibling's background as a cache hit would (see
+        :mod:`lf_ext.plugins.siblings`); the choice depends only on the image, so both calls per sample agree."""
+        pixels = self.family.pixel_units(processor.image_processor)
+        pixel_values = mm_inputs["pixel_values"]
+        for item, image in enumerate(opened):
+            own_object = layout.object_labels(item)[0].numpy()
+            units = pixels.units(pixel_values, layout, item)[0]
+            load = partial(self._sibling_at, grid=layout.grids[item], processor=processor, pixels=pixels)
+            sibling = self.siblings.choose(image.source, units, layout.grids[item], own_object, load)
+            if sibling is not None:
+                where = torch.from_numpy(sibling.background)
+                pixel_values = pixels.replace(pixel_values, layout, item, sibling.pixel_values, where)
+                layout = layout.with_item(item, (~where).to(torch.int8))
+        return dict(mm_inputs, pixel_values=pixel_values), layout
+
+    def _sibling_at(self, path: str, grid, processor, pixels) -> Sibling | None:
+        """A sibling candidate encoded by the processor, if readable, masked and of the same grid."""
+        family = self.family
+        try:
+            candidate = open_original(path, 0)
+            single = self._stock_inputs([candidate.image], [], [], processor)
+            (own_grid,) = family.unit_grids(single, processor)
+            geometry = family.token_grid(candidate.image.width, candidate.image.height, processor)
+            own = self.labeler.labels(candidate.image, path, geometry)
+        except MaskError:
+            return None  # an unreadable candidate or one without a mask is no sibling
+        if tuple(own_grid) != tuple(grid):
+            return None
+        item_layout = ImageLayout.from_labels([own_grid], torch.from_numpy(own.reshape(-1)))
+        return Sibling(path, single["pixel_values"], pixels.units(single["pixel_values"], item_layout, 0)[0], ~own)
+
+    # ------------------------------------------------------------------ text
+    def process_messages(self, messages, images, videos, audios, processor):
+        """Replace each image placeholder by the separated layout; videos keep the stock layout."""
+        self._validate_input(processor, images, videos, audios)
+        self._validate_messages(messages, images, videos, audios)
+        messages = deepcopy(messages)
+        expansions = iter(self._image_expansions(images, processor))
+        for message in messages:
+            while IMAGE_PLACEHOLDER in message["content"]:
+                message["content"] = message["content"].replace(IMAGE_PLACEHOLDER, next(expansions), 1)
+        return super().process_messages(messages, [], videos, audios, processor)
+
+    def _image_expansions(self, images, processor) -> list[str]:
+        if not images:
+            return []
+        if not self.expand_mm_tokens:
+            return [self.wrap_item(self.image_token)] * len(images)
+        layout = ImageLayout.unpack(self._get_mm_inputs(images, [], [], processor)[LAYOUT_KEY])
+        return [self.wrap_item(layout.placeholder(item, self.image_token)) for item in range(len(layout))]
