@@ -229,11 +229,8 @@ class Span:
 
     @property
     def obj_end(self) -> int:
+        """Index of [OBJ_END]."""
         return self.bg_end + self.n_object + 2
-
-    @property
-    def end(self) -> int:
-        return self.obj_end + 1
 
 
 def find_spans(ids: Sequence[int], tokens: SeparatorIds) -> list[Span]:
@@ -280,4 +277,4 @@ def respan(ids: torch.Tensor, span: Span, n_background: int, n_object: int, toke
     row = ids[0]
     new = torch.tensor([tokens.bg_start] + [tokens.image] * n_background + [tokens.bg_end, tokens.obj_start]
                        + [tokens.image] * n_object + [tokens.obj_end], dtype=row.dtype, device=row.device)  # fmt: skip
-    return torch.cat([row[: span.bg_start], new, row[span.end :]]).unsqueeze(0)
+    return torch.cat([row[: span.bg_start], new, row[span.obj_end + 1 :]]).unsqueeze(0)

@@ -61,6 +61,7 @@ def test_llamafactory_parser_accepts_and_records_bgobj_keys():
         get_infer_args({"model_name_or_path": "unused", "template": "qwen2_vl", "bgobj_mask_provdier": "none"})
 
 
+@pytest.mark.integration
 def test_cli_train_with_misspelt_key_fails_fast(tmp_path):
     (tmp_path / "bad.yaml").write_text("model_name_or_path: nowhere\nbgobj_mask_provdier: none\n")
     out = run_cli(["llamafactory-cli", "train", "bad.yaml"], cwd=tmp_path, timeout=300)

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from conftest import run_cli, train_yaml, write_yaml
 
 
@@ -30,6 +32,7 @@ def _run(tmp_path, tiny_dir, scenes_dir, **bgobj):
     return run_cli(["llamafactory-cli", "train", str(write_yaml(tmp_path / "mixed.yaml", values))], cwd=tmp_path)
 
 
+@pytest.mark.integration
 def test_batch_mixing_text_only_masked_and_maskless_samples(tmp_path, tiny_dir, scenes_dir):
     _mixed_dataset(scenes_dir, tmp_path)
     proc = _run(tmp_path, tiny_dir, scenes_dir, bgobj_mask_provider="dataset")
@@ -37,6 +40,7 @@ def test_batch_mixing_text_only_masked_and_maskless_samples(tmp_path, tiny_dir, 
     assert "no 'dataset' mask for" in proc.stdout and "using 'none'" in proc.stdout  # the documented fallback, logged
 
 
+@pytest.mark.integration
 def test_missing_mask_with_error_fallback_names_the_image(tmp_path, tiny_dir, scenes_dir):
     _mixed_dataset(scenes_dir, tmp_path)
     proc = _run(tmp_path, tiny_dir, scenes_dir, bgobj_mask_provider="dataset", bgobj_mask_fallback="error")

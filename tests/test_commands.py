@@ -7,6 +7,8 @@ import pytest
 
 from conftest import cli_env, run_cli, wait_for_http, write_yaml
 
+pytestmark = pytest.mark.integration  # runs llamafactory-cli / trains in child processes
+
 SETTINGS_LINE = "lf_ext settings: bgobj_mask_provider='none'"
 
 

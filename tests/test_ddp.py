@@ -1,8 +1,11 @@
 """Two-process gloo DDP through LLaMA-Factory's torchrun path with qwen2_vl_bgobj; the switch removes lf_ext."""
 
+import pytest
 from safetensors.torch import load_file
 
 from conftest import run_cli, train_yaml, write_yaml
+
+pytestmark = pytest.mark.integration  # runs llamafactory-cli / trains in child processes
 
 
 def _recipe(tmp_path, tiny_dir, scenes_dir):

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from lf_ext.demo import run_demo
+
+pytestmark = pytest.mark.integration  # runs llamafactory-cli / trains in child processes
 
 
 def test_demo_trains_and_reports(tmp_path, capsys):

@@ -4,7 +4,11 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from conftest import cli_env
+
+pytestmark = pytest.mark.integration  # runs llamafactory-cli / trains in child processes
 
 SCRIPT = textwrap.dedent(
     """

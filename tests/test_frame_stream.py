@@ -56,6 +56,7 @@ def test_frame_stream_needs_a_bgobj_model(tiny_dir, tmp_path):
         FrameStream(_args(tiny_dir, data, bgobj_cache=False))
 
 
+@pytest.mark.integration
 def test_api_logs_a_hit_for_the_second_image(tiny_dir, tmp_path):
     from test_commands import _free_port
 

@@ -219,6 +219,7 @@ def test_token_counts_and_tensors_agree_across_calls_and_processes(lf, scenes_di
     assert dict(plugin.siblings._memo) == first and plugin.siblings.counts["drawn"] == drawn
 
 
+@pytest.mark.integration
 def test_llamafactory_train_with_siblings(tmp_path, tiny_dir, scenes_dir):
     """One short ``llamafactory-cli train`` with prob 1: token counts match the tensors, the log counts siblings."""
     values = train_yaml(tiny_dir("qwen2_vl"), scenes_dir, tmp_path / "out", "qwen2_vl_bgobj",

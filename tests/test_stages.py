@@ -67,6 +67,7 @@ def _train(tmp_path, name, recipe, **overrides):
     return proc
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
 def test_train_export_reload_round_trip(tmp_path, tiny_dir, scenes_dir, arch):
     """Stage 1 -> stage 2 (LoRA) -> export: every bgobj weight survives, logits match the unmerged model."""

@@ -7,6 +7,8 @@ from safetensors.torch import load_file
 
 from conftest import run_cli, train_yaml, write_yaml
 
+pytestmark = pytest.mark.integration  # runs llamafactory-cli / trains in child processes
+
 
 def _train(tmp_path, name, model, scenes, template, disable):
     out = tmp_path / name

@@ -168,6 +168,7 @@ def test_provider_call_uses_its_options(monkeypatch):
     np.testing.assert_array_equal(mask, _square_masks()[1])
 
 
+@pytest.mark.integration
 def test_train_tiny_then_predict(scenes_dir, tmp_path, no_network):
     import torch
 
