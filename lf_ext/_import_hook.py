@@ -13,6 +13,8 @@ PATCHES = {
     "llamafactory.data.collator": "lf_ext.patches.collator:patch_collator",
     "llamafactory.model.loader": "lf_ext.patches.loader:patch_loader",
     "llamafactory.model.adapter": "lf_ext.patches.loader:patch_adapter",
+    "llamafactory.api.chat": "lf_ext.patches.api:patch_api_chat",
+    "llamafactory.api.app": "lf_ext.patches.api:patch_api_app",
     "transformers.models.qwen2_vl.modeling_qwen2_vl": "lf_ext.patches.model_init:patch_model_classes",
     "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "lf_ext.patches.model_init:patch_model_classes",
 }

@@ -75,8 +75,13 @@ class BgObjArguments:
                                              "units is within this mean absolute pixel difference (0-255).")
     bgobj_cache_min_coverage: float = _key(0.3, "Inference: backgrounds covering less than this fraction of the "
                                            "image's units are not cached.")
-    bgobj_cache_refine: bool = _key(True, "Inference: after a rejection, answer with and cache the part of the nearest "
-                                    "entry's background that still matches (drops changing regions such as clocks).")
+    bgobj_cache_policy: str = _key("reuse", "Inference: which cached backgrounds may serve a request. 'reuse': any "
+                                   "verified entry, the one whose split is closest to the request's own (answers may "
+                                   "differ from cache-off); 'exact': only an entry with the request's own split "
+                                   "(answers equal cache-off; no refinement).", ["reuse", "exact"])
+    bgobj_cache_refine: bool = _key(True, "Inference ('reuse' policy): after a rejection, answer with and cache the "
+                                    "request's own background minus the units that failed verification against the "
+                                    "nearest entry (drops changing regions such as clocks).")
     bgobj_cache_dir: str = _key("", "Inference: folder of the optional disk tier (safetensors); empty = memory only.")
     bgobj_cache_disk_max_mb: float = _key(0.0, "Inference: bound of the disk tier in MiB; 0 = unbounded.")
 

@@ -80,3 +80,23 @@ def test_lf_ext_config_lists_keys():
     out = run_cli([sys.executable, "-m", "lf_ext.cli", "config"], cwd=REPO_ROOT)
     assert out.returncode == 0
     assert "bgobj_mask_provider: 'none'" in out.stdout
+
+
+@pytest.mark.integration
+def test_wheel_ships_the_recipes_and_finds_them(tmp_path):
+    """A non-editable install: the wheel carries yaml/ as lf_ext/recipes and lf_ext.pth, and the code
+    finds the recipes inside the installed package, wherever it runs from."""
+    import zipfile
+
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "wheel"),
+                            str(REPO_ROOT)], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = (tmp_path / "wheel").glob("lf_ext-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "lf_ext.pth" in names and "lf_ext/recipes/tiny/stage1_projector.yaml" in names
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    probe = "from lf_ext.recipes import recipe; print(recipe('tiny/stage2_lora.yaml'))"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                         env=cli_env(PYTHONPATH=str(tmp_path / "site")))  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == str(tmp_path / "site" / "lf_ext" / "recipes" / "tiny" / "stage2_lora.yaml")

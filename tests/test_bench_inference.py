@@ -28,23 +28,31 @@ def test_bench_ttft_rows_and_plot(tmp_path):
 
 
 def test_bench_stream_refinement_turns_rejections_into_hits(tmp_path):
-    """The clock changes in every frame: without refinement every later frame is a rejection; with it,
-    frames hit once the object has been seen at their place."""
-    from lf_ext.bench.stream import run_bench_stream, stream_frames
+    """The clock changes in every frame: without refinement every later frame is a rejection. With it, a
+    rejection drops the clock from the request's own background; once a place has such an entry, every
+    later frame at that place hits, served with its own object plus the clock (the closest split)."""
+    from lf_ext.bench.stream import CLOCK_UNITS, run_bench_stream, stream_frames
 
     result = run_bench_stream(tmp_path / "stream.json", shape="tiny", px=224, frames=8, positions=2,
                               object_fraction=0.1, stock_frames=1, checkpoints=tmp_path / "ckpt")  # fmt: skip
     assert json.loads((tmp_path / "stream.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
-    places = [place for _, _, place in stream_frames(224, 8, 2, 0.1)]
+    frames = stream_frames(224, 8, 2, 0.1)
+    places = [place for _, _, place in frames]
     plain, refined = result["per_frame"]["cache"], result["per_frame"]["cache+refine"]
     assert [f["place"] for f in refined] == places
     assert [f["kind"] for f in plain] == ["miss"] + ["rejection"] * 7
-    for k in range(1, 8):  # frame 1 always rejects (the clock); later, a frame hits iff its place was seen before
-        expect_hit = k >= 2 and places[k] in places[:k]
-        assert (refined[k]["kind"] == "hit") == expect_hit, refined
-        assert expect_hit or refined[k]["refined"]
+    clock_free = set()  # places with an entry whose background excludes the clock
+    for k in range(1, 8):
+        if places[k] in clock_free:
+            assert refined[k]["kind"] == "hit", refined
+            assert refined[k]["object_units"] == int(frames[k][1].sum()) + CLOCK_UNITS
+        else:
+            assert refined[k]["kind"] == "rejection" and refined[k]["refined"], refined
+            clock_free.add(places[k])
     rows = {row["mode"]: row for row in result["rows"]}
-    assert rows["cache+refine"]["hits"] > 0 and rows["cache"]["hits"] == 0
+    assert rows["cache+refine"]["hits"] > 0 and rows["cache"]["hits"] == 0 and rows["exact"]["hits"] == 0
+    # 'exact': only the frame's own split may serve: a new place is a miss, a seen place a rejection (the clock)
+    assert [f["kind"] for f in result["per_frame"]["exact"]] == ["rejection" if p in places[:k] else "miss" for k, p in enumerate(places)]
 
 
 BOXES = [(0, 0, 56, 56), (112, 56, 168, 112), (56, 112, 112, 168), (0, 0, 56, 56)]  # img3 where img0

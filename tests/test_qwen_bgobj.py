@@ -152,7 +152,7 @@ def test_plugin_bad_images_name_the_sample(tiny_dir, data, tmp_path):
     tok, template, _ = load_for_inference(tiny_dir("qwen2_vl"), data)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     for path, message in ((tmp_path / "broken.png", "broken.png"), (tmp_path / "absent.png", "absent.png")):
-        with pytest.raises(MaskError, match=f"image 0 .*{message}.*cannot be read"):
+        with pytest.raises(MaskError, match=f"request, image 1 of 1: .*{message}: cannot be read"):
             encode(tok, template, [str(path)])
 
 

@@ -100,12 +100,14 @@ class Loaded:
         request["inputs"] = respan(request["inputs"], span, layout.n_background(0), layout.n_object(0), tokens)
         return dict(request, **{LAYOUT_KEY: layout})
 
-    def reuse(self, cache_bytes: int = 8 << 30, refine: bool = True):
+    def reuse(self, cache_bytes: int = 8 << 30, refine: bool = True, policy: str = "reuse"):
         from lf_ext.cache import BackgroundCache
+        from lf_ext.cache.policy import VerificationPolicy
         from lf_ext.inference.reuse import BackgroundReuse
 
         pixels = self.family.pixel_units(self.processor.image_processor)
-        return BackgroundReuse(self.model, self.family, BackgroundCache(cache_bytes), pixels, refine=refine)
+        cache = BackgroundCache(cache_bytes, policy=VerificationPolicy(mode=policy))
+        return BackgroundReuse(self.model, self.family, cache, pixels, refine=refine)
 
 
 def load(model_dir: Path, image_px: int, dtype: str) -> Loaded:

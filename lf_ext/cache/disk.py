@@ -2,9 +2,11 @@
 
 File ``bg-<entry_id>.safetensors`` holds the tensors ``background`` (rows, cols) bool, ``units``
 (|B|, u, u, 3) uint8 and ``payload.<name>`` for each payload tensor. Its string metadata holds the
-format tag, entry id, context key, grid, the masked probe fingerprint (so the in-memory disk index
-can be rebuilt from headers alone), ``header_sha256`` (a digest of that metadata, checked when the
-index is rebuilt at start-up) and ``sha256``: a digest of the metadata and of every tensor's name,
+format tag, the namespace (the model key: files written under other weights are dropped at
+start-up), entry id, context key, grid, the background set and the masked probe fingerprint (so the
+in-memory disk index can be rebuilt from headers alone), ``header_sha256`` (a digest of that
+metadata, checked when the index is rebuilt at start-up) and ``sha256``: a digest of the metadata
+and of every tensor's name,
 dtype, shape and bytes (checked on every read). Files are written to a temporary name and renamed, so a
 reader never sees half a file from this process; anything that fails to parse or to match its
 digest raises :class:`CorruptEntryError`.
@@ -26,9 +28,9 @@ import torch
 from lf_ext.cache.entry import CacheEntry, IndexKey, entry_id
 from lf_ext.log import get_logger
 
-FORMAT = "lf_ext.bgcache.v1"
+FORMAT = "lf_ext.bgcache.v2"
 PREFIX, SUFFIX = "bg-", ".safetensors"
-META_KEYS = ("format", "entry_id", "context_key", "rows", "cols", "unit", "probes", "payload")
+META_KEYS = ("format", "namespace", "entry_id", "context_key", "rows", "cols", "unit", "background", "probes", "payload")
 DIGESTS = ("header_sha256", "sha256")
 
 
@@ -42,8 +44,10 @@ class DiskRecord:
 
     entry_id: str
     key: IndexKey
+    background: np.ndarray  # (rows, cols) bool: the entry's background set (the policy ranks by it)
     probes: np.ndarray  # (P,) int16 masked fingerprint
     nbytes: int  # file size
+    namespace: str = ""
 
 
 def _header_digest(meta: dict[str, str]) -> str:
@@ -81,11 +85,15 @@ def _record(meta: dict[str, str], nbytes: int) -> DiskRecord:
     try:
         key = (meta["context_key"], int(meta["rows"]), int(meta["cols"]), int(meta["unit"]))
         probes = np.asarray(json.loads(meta["probes"]), np.int16)
+        if min(key[1:]) < 1:
+            raise ValueError("empty grid")
+        bits = np.unpackbits(np.frombuffer(bytes.fromhex(meta["background"]), np.uint8))
+        background = bits[: key[1] * key[2]].astype(bool).reshape(key[1], key[2])
     except (ValueError, TypeError, OverflowError) as err:
         raise CorruptEntryError(f"bad metadata: {err}") from err
-    if probes.ndim != 1 or min(key[1:]) < 1:
-        raise CorruptEntryError("bad probe fingerprint or grid in metadata")
-    return DiskRecord(meta["entry_id"], key, probes, nbytes)
+    if probes.ndim != 1:
+        raise CorruptEntryError("bad probe fingerprint in metadata")
+    return DiskRecord(meta["entry_id"], key, background, probes, nbytes, meta["namespace"])
 
 
 def _mtime(path: Path) -> float:
@@ -98,8 +106,9 @@ def _mtime(path: Path) -> float:
 class DiskTier:
     """Reads and writes entry files under one directory (one cache per directory)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, namespace: str = "") -> None:
         self.directory = Path(directory)
+        self.namespace = namespace
         self.directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, entry_id_: str) -> Path:
@@ -110,9 +119,10 @@ class DiskTier:
         rows, cols = entry.background.shape
         tensors = {"background": torch.from_numpy(entry.background.copy()), "units": torch.from_numpy(entry.units.copy())}
         tensors.update({f"payload.{k}": v.detach().cpu().contiguous() for k, v in entry.payload.items()})
-        meta = {"format": FORMAT, "entry_id": entry.entry_id, "context_key": entry.context_key, "rows": str(rows),
-                "cols": str(cols), "unit": str(entry.units.shape[1]), "probes": json.dumps(entry.probes.tolist()),
-                "payload": json.dumps(sorted(entry.payload))}  # fmt: skip
+        meta = {"format": FORMAT, "namespace": self.namespace, "entry_id": entry.entry_id, "context_key": entry.context_key,
+                "rows": str(rows), "cols": str(cols), "unit": str(entry.units.shape[1]),
+                "background": np.packbits(entry.background.reshape(-1)).tobytes().hex(),
+                "probes": json.dumps(entry.probes.tolist()), "payload": json.dumps(sorted(entry.payload))}  # fmt: skip
         meta["header_sha256"] = _header_digest(meta)
         meta["sha256"] = _digest(meta, tensors)
         data = safetensors.torch.save(tensors, metadata=meta)
@@ -120,7 +130,7 @@ class DiskTier:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-        return DiskRecord(entry.entry_id, entry.key, entry.probes, len(data))
+        return DiskRecord(entry.entry_id, entry.key, entry.background, entry.probes, len(data), self.namespace)
 
     def read(self, record: DiskRecord) -> CacheEntry:
         """Load and check one entry. Raises OSError (e.g. FileNotFoundError) or CorruptEntryError."""
@@ -151,7 +161,7 @@ class DiskTier:
         _, rows, cols, unit = record.key
         if background.dtype != bool or background.shape != (rows, cols) or units.shape != (int(background.sum()), unit, unit, 3):
             raise CorruptEntryError("tensor shapes do not match the metadata")
-        if entry_id(record.key[0], background, units) != record.entry_id:
+        if entry_id(record.key[0], background, units) != record.entry_id or not np.array_equal(background, record.background):
             raise CorruptEntryError("content does not match the entry id")
         background.setflags(write=False)
         units.setflags(write=False)

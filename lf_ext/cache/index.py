@@ -29,6 +29,7 @@ class ProbeIndex:
         self.width = -(-probes // 64) * 64  # pad columns so rows pack into whole uint64 words
         self.tolerance = tolerance
         self._items: list[Any] = []
+        self._ids: list[str] = []  # item id per slot ("" for a free slot): ties are broken by id, not insertion
         self._slots: dict[str, int] = {}
         self._free: list[int] = []
         self._alloc(capacity)
@@ -66,6 +67,7 @@ class ProbeIndex:
             if slot == len(self._limit):
                 self._alloc(2 * slot)
             self._items.append(None)
+            self._ids.append("")
         bg = masked_fp != NOT_BACKGROUND
         fp = masked_fp.astype(np.int64)
         self._lo[slot] = 0
@@ -76,6 +78,7 @@ class ProbeIndex:
         self._fps[slot, : self.probes] = masked_fp
         self._limit[slot] = near_limit
         self._items[slot] = item
+        self._ids[slot] = item_id
         self._slots[item_id] = slot
 
     def remove(self, item_id: str) -> Any:
@@ -83,23 +86,28 @@ class ProbeIndex:
         slot = self._slots.pop(item_id, None)
         if slot is None:
             return None
-        item, self._items[slot] = self._items[slot], None
+        item, self._items[slot], self._ids[slot] = self._items[slot], None, ""
         self._lo[slot], self._span[slot], self._fps[slot], self._limit[slot] = 0, 255, NOT_BACKGROUND, -1
         self._free.append(slot)
         return item
 
-    def query(self, fp: np.ndarray, max_exact: int) -> tuple[list[Any], int]:
-        """(up to ``max_exact`` exact candidates, best first; number of near entries)."""
+    def query(self, fp: np.ndarray, max_exact: int | None = None) -> tuple[list[Any], int]:
+        """(up to ``max_exact`` (None: all) exact candidates, best first; number of near entries)."""
         near, counts, query = self._near(fp)
         exact = near[counts[near] == 0]
         if len(exact) == 0:
             return [], len(near)
         return [self._items[s] for s in self._rank(exact, query)[:max_exact]], len(near)
 
-    def nearest(self, fp: np.ndarray, limit: int) -> list[Any]:
-        """Up to ``limit`` near entries, fewest violated probes first."""
+    def nearest(self, fp: np.ndarray, limit: int | None) -> list[Any]:
+        """Up to ``limit`` near entries, fewest violated probes first (ties by id)."""
         near, counts, _ = self._near(fp)
-        return [self._items[s] for s in near[np.argsort(counts[near], kind="stable")][:limit]]
+        return [self._items[s] for s in self._by(near, counts[near])[:limit]]
+
+    def _by(self, slots: np.ndarray, score: np.ndarray) -> np.ndarray:
+        """``slots`` sorted by ``score``, ties by item id (the same order whatever the insertion order)."""
+        ids = np.array([self._ids[s] for s in slots], dtype=object)
+        return slots[np.lexsort((ids.astype(str), score))] if len(slots) else slots
 
     def _near(self, fp: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(slots of near entries, violated probes per slot, padded query)."""
@@ -117,7 +125,7 @@ class ProbeIndex:
         fps = self._fps[slots].astype(np.int32)
         bg = fps != NOT_BACKGROUND
         dist = (np.abs(fps - query.astype(np.int32)) * bg).sum(axis=1) / np.maximum(bg.sum(axis=1), 1)
-        return slots[np.argsort(dist, kind="stable")]
+        return self._by(slots, dist)
 
 
 def _row_counts(viol: np.ndarray) -> np.ndarray:

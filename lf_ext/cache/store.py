@@ -8,13 +8,16 @@ image hits it only if every unit of B is within ``unit_threshold`` (mean absolut
 2. under the lock, :class:`~lf_ext.cache.index.ProbeIndex` finds the entries no probe proves wrong
    (exact candidates) and counts the *near* ones (at most ``1 - candidate_match`` of their
    background probes violated);
-3. outside the lock, verify up to ``max_candidates`` exact candidates, best fingerprint first,
-   against the full stored pixels; the first that passes is the hit;
-4. on a memory miss the disk index is searched the same way; a disk hit is promoted to memory.
+3. the policy (:class:`~lf_ext.cache.policy.VerificationPolicy`, ``exact`` or ``reuse``) picks which
+   exact candidates may serve the request's own split, and their order (closest split first);
+4. outside the lock, verify up to ``max_candidates`` of them in that order against the full stored
+   pixels; the first that passes is the hit;
+5. on a memory miss the disk index is searched the same way; a disk hit is promoted to memory.
 
 A lookup is a *hit*, a *rejection* (near entries existed but none verified) or a *miss* (none).
-After a rejection, :meth:`BackgroundCache.shared_background` gives the units of the nearest
-entries' B that still verify (the caller may then insert that common part as a new entry).
+After a rejection, :meth:`BackgroundCache.refined_background` gives the request's own background
+minus the units that fail verification in the near entries' B (the caller may answer with that split
+and insert it).
 
 Insert rules: B must cover ``min_coverage`` of the grid and the entry (payload bytes + B pixels)
 must fit ``max_bytes``, else nothing is stored, the skip is counted and None is returned. The
@@ -64,7 +67,7 @@ from lf_ext.log import get_logger
 
 COUNTERS = ("lookups", "hits", "misses", "rejections", "verifications", "inserts", "replaced", "promotions", "evictions",
             "skipped_low_coverage", "skipped_too_large", "disk_hits", "disk_misses", "disk_corrupt",
-            "disk_missing", "disk_writes", "disk_write_errors", "disk_evictions")  # fmt: skip
+            "disk_missing", "disk_stale", "disk_writes", "disk_write_errors", "disk_evictions")  # fmt: skip
 
 
 class BackgroundCache:
@@ -72,8 +75,10 @@ class BackgroundCache:
 
     def __init__(self, max_bytes: int, *, unit_threshold: float = 4.0, min_coverage: float = 0.3,
                  disk_dir: str | Path | None = None, max_candidates: int = 4, candidate_match: float = 0.75,
-                 disk_max_bytes: int | None = None, policy: VerificationPolicy | None = None) -> None:  # fmt: skip
-        """``policy`` (or ``unit_threshold`` and ``min_coverage``): what a hit is, see :mod:`lf_ext.cache.policy`."""
+                 disk_max_bytes: int | None = None, policy: VerificationPolicy | None = None,
+                 namespace: str = "") -> None:  # fmt: skip
+        """``policy`` (or ``unit_threshold`` and ``min_coverage``): what a hit is, see :mod:`lf_ext.cache.policy`;
+        ``namespace``: the model key, written into disk entries (entries of another namespace are dropped)."""
         if max_bytes < 0 or max_candidates < 1 or not 0 <= candidate_match <= 1:
             raise ValueError("need max_bytes >= 0, max_candidates >= 1, 0 <= candidate_match <= 1")
         self.policy = policy if policy is not None else VerificationPolicy(float(unit_threshold), float(min_coverage))
@@ -84,43 +89,57 @@ class BackgroundCache:
         self._memory = Tier(tolerance, candidate_match)  # least recently used first
         self._on_disk = Tier(tolerance, candidate_match)  # oldest write first
         self._counts = dict.fromkeys(COUNTERS, 0)
-        self._disk = DiskTier(disk_dir) if disk_dir is not None else None
+        self._disk = DiskTier(disk_dir, namespace) if disk_dir is not None else None
         if self._disk is not None:
             self._load_disk_index()
 
     # ----------------------------------------------------------------- public API
-    def lookup(self, context_key: str, units: np.ndarray) -> CacheHit | None:
-        """A verified hit for ``units`` (rows, cols, u, u, 3) uint8 under ``context_key``, or None."""
-        return self.lookup_outcome(context_key, units)[0]
+    def lookup(self, context_key: str, units: np.ndarray, own_background: np.ndarray | None = None) -> CacheHit | None:
+        """A verified hit for ``units`` (rows, cols, u, u, 3) uint8 under ``context_key``, or None;
+        ``own_background`` (rows, cols) bool, the request's own split, lets the policy choose."""
+        return self.lookup_outcome(context_key, units, own_background)[0]
 
-    def lookup_outcome(self, context_key: str, units: np.ndarray) -> tuple[CacheHit | None, str]:
-        """Like :meth:`lookup`, plus what the lookup was: "hit", "miss" or "rejection"."""
+    def lookup_outcome(self, context_key: str, units: np.ndarray, own_background: np.ndarray | None = None
+                       ) -> tuple[CacheHit | None, str]:  # fmt: skip
+        """Like :meth:`lookup`, plus what the lookup was: "hit", "miss" or "rejection" (entries near the
+        image existed, and could have served it under the policy, but none verified)."""
         if not isinstance(context_key, str):
             raise TypeError(f"context_key must be a str, got {type(context_key).__name__}")
         units = check_units(units)
+        if own_background is not None:
+            own_background = check_labels(np.asarray(own_background), units.shape[:2])
         key = (context_key, units.shape[0], units.shape[1], units.shape[2])
         fp = fingerprint(units, self._probes)
         with self._lock:
-            candidates, near = self._memory.query(key, fp, self.max_candidates)
-        hit, tried = self._verify(candidates, units, "memory")
+            candidates, near = self._memory.query(key, fp)
+            if self.policy.mode == "exact" and own_background is not None:
+                near = len(self.policy.candidates(self._memory.nearest(key, fp, None), own_background))
+        hit, tried = self._verify(self._choose(candidates, own_background), units, "memory")
         if hit is None and self._disk is not None:
-            hit, disk_near, disk_tried = self._lookup_disk(key, fp, units)
+            hit, disk_near, disk_tried = self._lookup_disk(key, fp, units, own_background)
             near, tried = near + disk_near, tried + disk_tried
         with self._lock:
             self._count_lookup(hit, near, tried)
         return hit, "hit" if hit is not None else "rejection" if near > 0 else "miss"
 
-    def shared_background(self, context_key: str, units: np.ndarray) -> np.ndarray | None:
-        """The largest part of a near memory entry's background set B that ``units`` still match unit
-        by unit (within the threshold), as (rows, cols) bool; None if no entry is near. After a
-        rejection this is the background the request and the cached entry have in common."""
+    def refined_background(self, context_key: str, units: np.ndarray, own_background: np.ndarray) -> np.ndarray | None:
+        """After a rejection: the request's own background minus every unit that fails verification in the
+        background set B of a near memory entry (the regions that changed: a clock, a cursor), as
+        (rows, cols) bool; None if no entry is near. Only entries of the same scene count: those whose B
+        verifies on at least half of its units (a near entry of another scene fails almost everywhere)."""
         units = check_units(units)
+        own = check_labels(np.asarray(own_background), units.shape[:2])
         key = (context_key, units.shape[0], units.shape[1], units.shape[2])
         fp = fingerprint(units, self._probes)
         with self._lock:
             entries = self._memory.nearest(key, fp, self.max_candidates)
-        shared = [entry.verified_units(units, self.policy) for entry in entries]
-        return max(shared, key=lambda mask: int(mask.sum()), default=None)
+        changed, same_scene = np.zeros_like(own), False
+        for entry in entries:
+            verified = entry.verified_units(units, self.policy)
+            if verified.sum() * 2 >= entry.background.sum():
+                changed |= entry.background & ~verified
+                same_scene = True
+        return own & ~changed if same_scene else None
 
     def insert(self, context_key: str, units: np.ndarray, labels: np.ndarray, payload: dict[str, torch.Tensor]) -> str | None:
         """Store ``payload`` for the background (``labels`` False) of ``units``; returns the entry id,
@@ -186,6 +205,10 @@ class BackgroundCache:
             return entry_id in self._memory
 
     # ----------------------------------------------------------------- lookup helpers
+    def _choose(self, candidates: list, own_background: np.ndarray | None) -> list:
+        """The candidates the policy allows, in its order, at most ``max_candidates`` of them."""
+        return self.policy.candidates(candidates, own_background)[: self.max_candidates]
+
     def _verify(self, candidates: list[CacheEntry], units: np.ndarray, source: str) -> tuple[CacheHit | None, int]:
         """First candidate whose every B unit is within the threshold; (hit or None, number tried)."""
         for tried, entry in enumerate(candidates, 1):
@@ -194,11 +217,14 @@ class BackgroundCache:
                 return CacheHit(entry.entry_id, entry.background, entry.payload, distance, source), tried
         return None, len(candidates)
 
-    def _lookup_disk(self, key: IndexKey, fp: np.ndarray, units: np.ndarray) -> tuple[CacheHit | None, int, int]:
+    def _lookup_disk(self, key: IndexKey, fp: np.ndarray, units: np.ndarray, own_background: np.ndarray | None
+                     ) -> tuple[CacheHit | None, int, int]:  # fmt: skip
         with self._lock:
-            records, near = self._on_disk.query(key, fp, self.max_candidates)
+            records, near = self._on_disk.query(key, fp)
+            if self.policy.mode == "exact" and own_background is not None:
+                near = len(self.policy.candidates(self._on_disk.nearest(key, fp, None), own_background))
         tried = 0
-        for record in records:
+        for record in self._choose(records, own_background):
             entry = self._read(record)
             if entry is None:
                 near -= 1  # an unreadable file is no candidate: the lookup may end as a miss
@@ -286,7 +312,16 @@ class BackgroundCache:
             get_logger().warning("background cache: removing unreadable file %s", path)
             self._disk.remove_path(path)
         self._counts["disk_corrupt"] += len(corrupt)
+        stale = [record for record in records if record.namespace != self._disk.namespace]
+        for record in stale:
+            self._disk.remove(record.entry_id)
+        if stale:
+            get_logger().warning("background cache: dropped %d disk entries written by other weights (model key "
+                                 "differs from %s)", len(stale), self._disk.namespace or "''")  # fmt: skip
+        self._counts["disk_stale"] += len(stale)
         for record in records:
+            if record.namespace != self._disk.namespace:
+                continue
             _, rows, cols, _ = record.key
             if len(record.probes) != len(probe_positions(rows, cols, self._probes)[0]):
                 self._counts["disk_corrupt"] += 1

@@ -65,13 +65,13 @@ class Tier:
         if entry_id in self.items:
             self.items.move_to_end(entry_id)
 
-    def query(self, key: IndexKey, fp: np.ndarray, max_exact: int) -> tuple[list[Any], int]:
+    def query(self, key: IndexKey, fp: np.ndarray, max_exact: int | None = None) -> tuple[list[Any], int]:
         """(exact candidates best first, number of near items) for the group ``key``."""
         index = self._indexes.get(key)
         return index.query(fp, max_exact) if index is not None else ([], 0)
 
-    def nearest(self, key: IndexKey, fp: np.ndarray, limit: int) -> list[Any]:
-        """Up to ``limit`` near items of the group ``key``, fewest violated probes first."""
+    def nearest(self, key: IndexKey, fp: np.ndarray, limit: int | None) -> list[Any]:
+        """Up to ``limit`` (None: all) near items of the group ``key``, fewest violated probes first."""
         index = self._indexes.get(key)
         return index.nearest(fp, limit) if index is not None else []
 

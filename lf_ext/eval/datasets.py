@@ -130,3 +130,35 @@ def read_datasets(dataset_dir: str | Path, names: Iterable[str]) -> Iterator[tup
     for name in names:
         if name in info and "file_name" in info[name]:
             yield name, read_records(dataset_dir, name)
+
+
+class RecordLocator:
+    """Which record of the command's datasets an image path comes from, for error messages.
+
+    Built on first use from LLaMA-Factory arguments (``dataset``, ``eval_dataset``, ``dataset_dir``):
+    ``describe(path)`` gives e.g. ``dataset 'scenes_train' record 12 (scenes_train.json)``."""
+
+    def __init__(self, lf_args: Mapping[str, Any]):
+        self.lf_args = lf_args
+        self._where: dict[str, str] | None = None
+
+    def _build(self) -> dict[str, str]:
+        where: dict[str, str] = {}
+        dataset_dir = self.lf_args.get("dataset_dir", "data")
+        try:
+            info = dataset_info(dataset_dir)
+            for name, records in read_datasets(dataset_dir, dataset_names(self.lf_args)):
+                for number, record in enumerate(records):
+                    for image in record_images(record, dataset_dir):
+                        if isinstance(image, str):
+                            where.setdefault(path_key(image), f"dataset '{name}' record {number} ({info[name]['file_name']})")
+        except (OSError, ValueError):
+            pass  # no readable dataset: messages just lack the record
+        return where
+
+    def describe(self, path: str | None) -> str | None:
+        if not path:
+            return None
+        if self._where is None:
+            self._where = self._build()
+        return self._where.get(path_key(path))

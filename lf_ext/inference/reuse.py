@@ -15,12 +15,13 @@ pixels.
   tokens after ``[BG_END]`` on top of a copy of the cached KV.
 - **miss / rejection**: the request's own split; both groups are encoded, the prefix is
   prefilled and inserted, then the rest.
-- **refined rejection** (``refine=True``): a rejection whose nearest entry still matches on part of
-  its background uses the common part as the background group, B' = (units of B that verify) minus
-  the request's object units, if the policy admits B'; the request is then answered with B' (as a
-  hit would serve it) and B' is inserted. Regions that change from frame to frame without being
-  object (a clock, a cursor, leaves, earlier object positions) thus drop out of the cached
-  background after one rejection instead of rejecting every later frame.
+- **refined rejection** (``refine=True``, ``reuse`` policy only): after a rejection the request uses
+  B' = its own background minus the units that fail verification in the near entries' B (regions
+  that changed without being object: a clock, a cursor, leaves), if the policy admits B'; the request
+  is answered with B', computed from its own pixels, and B' is inserted. Later frames whose changes
+  stay inside their object group and those regions then hit, with an object group close to their own.
+- the policy (``bgobj_cache_policy``) decides which entries may serve: ``exact`` only those with the
+  request's own split (answers equal cache-off), ``reuse`` any, closest split first.
 
 Everything model-specific goes through the :class:`~lf_ext.families.base.BgObjFamily`.
 """
@@ -124,12 +125,12 @@ class BackgroundReuse:
             units = self.pixels.units(pixel_values, layout, 0)[0]
             key = self._context_key(input_ids[0, : span.bg_start + 1], labels.shape)
             if lookup:
-                hit, kind = self.cache.lookup_outcome(key, units)
-            if kind == "rejection" and self.refine:
-                common = self._common_background(key, units, labels)
-                if common is not None:
-                    refined = bool((~common != labels).any())
-                    labels = ~common
+                hit, kind = self.cache.lookup_outcome(key, units, ~labels)
+            if kind == "rejection" and self.refine and self.cache.policy.mode == "reuse":
+                background = self._refined_background(key, units, labels)
+                if background is not None:
+                    refined = bool((~background != labels).any())
+                    labels = ~background
             ms["lookup"] = clock()
         if hit is not None:
             labels = hit.object_labels
@@ -192,13 +193,10 @@ class BackgroundReuse:
             check_spans(spans, layout)
         return spans[0]
 
-    def _common_background(self, key: str, units: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    def _refined_background(self, key: str, units: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
         """B' (rows, cols) bool after a rejection (see the module doc), or None if the policy refuses it."""
-        shared = self.cache.shared_background(key, units)
-        if shared is None:
-            return None
-        common = shared & ~labels
-        return common if self.cache.policy.admits(common) else None
+        refined = self.cache.refined_background(key, units, ~labels)
+        return refined if refined is not None and self.cache.policy.admits(refined) else None
 
     def _context_key(self, prefix_ids: torch.Tensor, shape: tuple[int, int]) -> str:
         digest = hashlib.sha256(self.model_key.encode())

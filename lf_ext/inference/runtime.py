@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from pathlib import Path
@@ -29,6 +30,7 @@ from lf_ext.cache import BackgroundCache
 from lf_ext.cache.policy import VerificationPolicy
 from lf_ext.config import Settings
 from lf_ext.families import BgObjFamily
+from lf_ext.inference.model_key import model_key
 from lf_ext.inference.reuse import BackgroundReuse, Outcome
 from lf_ext.layout import LAYOUT_KEY, ImageLayout
 from lf_ext.log import get_logger
@@ -39,11 +41,12 @@ MIB = 1 << 20
 _RUNTIMES: "weakref.WeakKeyDictionary[nn.Module, BgObjRuntime]" = weakref.WeakKeyDictionary()
 
 
-def cache_from_settings(keys) -> BackgroundCache:
-    """A :class:`BackgroundCache` configured by the ``bgobj_cache_*`` keys."""
+def cache_from_settings(keys, namespace: str = "") -> BackgroundCache:
+    """A :class:`BackgroundCache` configured by the ``bgobj_cache_*`` keys; ``namespace``: the model key."""
     return BackgroundCache(
         int(keys.bgobj_cache_max_mb * MIB), policy=VerificationPolicy.from_settings(keys),
         disk_dir=keys.bgobj_cache_dir or None, disk_max_bytes=int(keys.bgobj_cache_disk_max_mb * MIB) or None,
+        namespace=namespace,
     )  # fmt: skip
 
 
@@ -131,7 +134,11 @@ def install_runtime(model: nn.Module, family: BgObjFamily, settings: Settings, m
         from transformers import AutoImageProcessor
 
         pixels = family.pixel_units(AutoImageProcessor.from_pretrained(str(model_path)))
-        reuse = BackgroundReuse(model, family, cache_from_settings(keys), pixels, refine=keys.bgobj_cache_refine)
+        started = time.perf_counter()
+        key = model_key(model, pixels.fingerprint())  # every weight, after adapters were merged
+        get_logger().info("background cache: model key %s (every weight hashed in %.0f ms), policy %s", key,
+                          (time.perf_counter() - started) * 1000, keys.bgobj_cache_policy)  # fmt: skip
+        reuse = BackgroundReuse(model, family, cache_from_settings(keys, key), pixels, refine=keys.bgobj_cache_refine, key=key)
     return attach_runtime(model, BgObjRuntime(model, family, reuse))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
@@ -39,7 +40,8 @@ class MaskRequest:
     original_size: tuple[int, int] | None = None
 
     def describe(self) -> str:
-        return self.source or f"<in-memory image {self.image.width}x{self.image.height}>"
+        """The image as error messages name it: its resolved path, or its size when it has none."""
+        return os.path.abspath(self.source) if self.source else f"<in-memory image {self.image.width}x{self.image.height}>"
 
 
 class MaskProvider(Protocol):

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from lf_ext.eval.datasets import dataset_names, path_key, read_datasets, record_images
 from lf_ext.masks.base import MaskError, MaskRequest, MissingMaskError
-from lf_ext.masks.reference import open_image
 from lf_ext.masks.registry import register_mask_provider
+from lf_ext.masks.spec import MaskQuality, render_spec
 
 INDEX_FILE = "index.json"
 SPEC_FIELDS = {"masks": "mask", "boxes": "boxes", "polygons": "polygons"}
@@ -72,29 +71,13 @@ class MaskIndex:
         return merged
 
 
-def render_spec(spec: Mapping[str, Any], size: tuple[int, int], sample: str) -> Image.Image:
-    """Draw a mask spec at the original image size as an "L" image (255 = object)."""
-    if "mask" in spec:
-        mask = open_image(spec["mask"], "mask file", sample).convert("L")
-        if mask.size != tuple(size):
-            raise MaskError(f"{sample}: mask {spec['mask']} is {mask.size[0]}x{mask.size[1]}, image is {size[0]}x{size[1]}")
-        return mask.point(lambda v: 255 if v else 0)
-    canvas = Image.new("L", tuple(size), 0)
-    draw = ImageDraw.Draw(canvas)
-    for box in spec.get("boxes", []):
-        x0, y0, x1, y1 = box
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], fill=255)  # boxes are exclusive at x1, y1
-    for polygon in spec.get("polygons", []):
-        draw.polygon([tuple(point) for point in polygon], fill=255)
-    return canvas
-
-
 @register_mask_provider("dataset")
 class DatasetMaskProvider:
     """Object mask from the dataset's own annotations (or precomputed masks), looked up by image path."""
 
     def __init__(self, index: MaskIndex):
         self.index = index
+        self.quality = MaskQuality()
 
     @classmethod
     def from_settings(cls, settings, lf_args: Mapping[str, Any] | None = None, **context) -> "DatasetMaskProvider":
@@ -117,5 +100,5 @@ class DatasetMaskProvider:
         if not spec:
             raise MissingMaskError(f"{request.describe()}: no mask for this image in the dataset or bgobj_mask_dir")
         size = request.original_size or request.image.size
-        mask = render_spec(spec, size, request.describe())
+        mask = render_spec(spec, size, request.describe(), self.quality)
         return np.asarray(request.to_geometry(mask), dtype=np.float32) / 255.0

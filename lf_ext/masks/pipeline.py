@@ -35,35 +35,42 @@ def check_mask(mask: Any, request: MaskRequest, provider: str) -> np.ndarray:
 
 
 class ObjectMasker:
-    """The configured provider, its fallback, the margin and the coverage rule, in one callable."""
+    """The configured provider, its fallback, the margin and the coverage rule, in one callable.
+
+    The fallback takes over when the provider has no mask for an image (:class:`MissingMaskError`)
+    and, with ``fallback_on_errors`` (inference: chat, api, webchat), when it fails on an image
+    (any :class:`MaskError`, e.g. an upload whose size differs from the reference plate). In training
+    a broken mask stays an error naming the sample. Each fallback is logged (first, 10th, 100th...).
+    """
 
     def __init__(self, provider, provider_name: str, fallback=None, fallback_name: str = "error",
-                 margin: int = 0, coverage: float = 0.0):  # fmt: skip
+                 margin: int = 0, coverage: float = 0.0, fallback_on_errors: bool = False):  # fmt: skip
         self.provider, self.provider_name = provider, provider_name
         self.fallback, self.fallback_name = fallback, fallback_name
         self.margin, self.coverage = margin, coverage
+        self.fallback_on_errors = fallback_on_errors
         self.fallbacks = 0
 
     @classmethod
-    def from_settings(cls, settings, **context: Any) -> "ObjectMasker":
+    def from_settings(cls, settings, fallback_on_errors: bool = False, **context: Any) -> "ObjectMasker":
         name, fallback = settings.bgobj_mask_provider, settings.bgobj_mask_fallback
         return cls(
             build_mask_provider(name, settings, **context), name,
             None if fallback == "error" else build_mask_provider(fallback, settings, **context), fallback,
-            settings.bgobj_mask_margin, settings.bgobj_unit_coverage,
+            settings.bgobj_mask_margin, settings.bgobj_unit_coverage, fallback_on_errors,
         )  # fmt: skip
 
     def mask(self, request: MaskRequest) -> np.ndarray:
         """Object mask at the request's geometry, after fallback and margin."""
         try:
             mask, used = self.provider(request), self.provider_name
-        except MissingMaskError:
-            if self.fallback is None:
+        except MaskError as err:
+            if self.fallback is None or not (isinstance(err, MissingMaskError) or self.fallback_on_errors):
                 raise
             self.fallbacks += 1
             if self.fallbacks in (1, 10, 100, 1000):
-                logger.warning("no '%s' mask for %s: using '%s' (%d so far)", self.provider_name,
-                               request.describe(), self.fallback_name, self.fallbacks)  # fmt: skip
+                logger.warning("no '%s' mask for %s (%s): using '%s' (%d so far)", self.provider_name,
+                               request.describe(), err, self.fallback_name, self.fallbacks)  # fmt: skip
             mask, used = self.fallback(request), self.fallback_name
         binary = (check_mask(mask, request, used) >= 0.5).astype(np.float32)  # a pixel is object if half covered
         return dilate(binary, self.margin)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -13,15 +14,15 @@ from lf_ext.masks.registry import register_mask_provider
 
 
 def open_image(path: str | Path, what: str, sample: str) -> Image.Image:
-    """Open an image file or raise a MaskError naming the sample and the file."""
+    """Open an image file or raise a MaskError naming the sample and the file (its resolved path)."""
     try:
         with Image.open(path) as image:
             image.load()
             return image
     except FileNotFoundError:
-        raise MaskError(f"{sample}: {what} not found: {path}") from None
+        raise MaskError(f"{sample}: {what} not found: {os.path.abspath(path)}") from None
     except OSError as err:
-        raise MaskError(f"{sample}: {what} is not a readable image: {path} ({err})") from None
+        raise MaskError(f"{sample}: {what} is not a readable image: {os.path.abspath(path)} ({err})") from None
 
 
 @register_mask_provider("reference")

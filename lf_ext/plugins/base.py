@@ -25,6 +25,7 @@ import torch
 from llamafactory.extras.constants import IMAGE_PLACEHOLDER
 
 from lf_ext.config import Settings
+from lf_ext.eval.datasets import RecordLocator
 from lf_ext.families import BgObjFamily, family_for_type
 from lf_ext.layout import LAYOUT_KEY, ImageLayout
 from lf_ext.masks.base import MaskError
@@ -40,11 +41,13 @@ class BgObjPluginMixin:
     settings: Settings = field(default_factory=Settings, repr=False, compare=False)
     _labeler: UnitLabeler | None = field(default=None, repr=False, compare=False)
     _siblings: SiblingSampler | None = field(default=None, repr=False, compare=False)
+    _records: RecordLocator | None = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ settings
     def bind(self, settings: Settings):
         """A copy of this plugin using ``settings`` (its own labeler and sibling sampler)."""
-        return dataclasses.replace(self, settings=settings, _labeler=UnitLabeler(settings), _siblings=SiblingSampler(settings))
+        return dataclasses.replace(self, settings=settings, _labeler=UnitLabeler(settings), _siblings=SiblingSampler(settings),
+                                   _records=None)  # fmt: skip
 
     @property
     def family(self) -> BgObjFamily:
@@ -55,6 +58,12 @@ class BgObjPluginMixin:
         if self._labeler is None:
             self._labeler = UnitLabeler(self.settings)
         return self._labeler
+
+    @property
+    def records(self) -> RecordLocator:
+        if self._records is None:
+            self._records = RecordLocator(self.settings.lf_args)
+        return self._records
 
     @property
     def siblings(self) -> SiblingSampler:
@@ -72,7 +81,7 @@ class BgObjPluginMixin:
         return super()._get_mm_inputs(images, videos, audios, processor)
 
     def _get_mm_inputs(self, images, videos, audios, processor):
-        opened = [open_original(image, index) for index, image in enumerate(images)]
+        opened = [self._open(images, index) for index in range(len(images))]
         mm_inputs = self._stock_inputs([o.image for o in opened], videos, audios, processor)
         if not opened:
             return mm_inputs
@@ -81,10 +90,12 @@ class BgObjPluginMixin:
         labels = []
         for index, (item, grid) in enumerate(zip(opened, grids)):
             geometry = family.token_grid(item.image.width, item.image.height, processor)
-            if (1, *geometry.shape) != tuple(grid):
-                raise MaskError(f"image {index} ({item.source}): token grid {geometry.shape} disagrees with the "
-                                f"processor's {grid[1:]}")  # fmt: skip
-            labels.append(torch.from_numpy(self.labeler.labels(item.image, item.source, geometry).reshape(-1)))
+            try:
+                if (1, *geometry.shape) != tuple(grid):
+                    raise MaskError(f"{item.source}: token grid {geometry.shape} disagrees with the processor's {grid[1:]}")
+                labels.append(torch.from_numpy(self.labeler.labels(item.image, item.source, geometry).reshape(-1)))
+            except MaskError as err:
+                raise MaskError(f"{self._where(index, len(images), item.source)}: {err}") from None
         layout = ImageLayout.from_labels(grids, torch.cat(labels))
         if self.siblings.enabled():
             mm_inputs, layout = self._serve_siblings(opened, mm_inputs, layout, processor)
@@ -92,6 +103,18 @@ class BgObjPluginMixin:
         if any(o.request is not None for o in opened):
             mm_inputs[REQUEST_KEY] = torch.tensor([-1 if o.request is None else int(o.request) for o in opened])
         return mm_inputs
+
+    def _open(self, images: list, index: int) -> OpenedImage:
+        try:
+            return open_original(images[index], index)
+        except MaskError as err:
+            source = images[index] if isinstance(images[index], str) else None
+            raise MaskError(f"{self._where(index, len(images), source)}: {err}") from None
+
+    def _where(self, index: int, count: int, source: str | None) -> str:
+        """Names the sample: the dataset record (training data) or the request, and which of its images."""
+        record = self.records.describe(source) if source else None
+        return f"{record or 'request'}, image {index + 1} of {count}"
 
     def _serve_siblings(self, opened: list[OpenedImage], mm_inputs: dict, layout: ImageLayout, processor):
         """``bgobj_sibling_prob``: give chosen images a sibling's background as a cache hit would (see

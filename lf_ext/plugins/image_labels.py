@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from io import BytesIO
@@ -47,7 +48,16 @@ def open_original(image: Any, index: int) -> OpenedImage:
         opened.load()
         return OpenedImage(opened, str(image), request)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise MaskError(f"image {index} ({str(image)[:200]}): cannot be read ({err})") from None
+        raise MaskError(f"{_shown(image)}: cannot be read ({err})") from None
+
+
+def _shown(image: Any) -> str:
+    """How an unreadable image is named: its (absolute) path, or what it is."""
+    if isinstance(image, dict):
+        image = image.get("path") or ("<in-memory bytes>" if image.get("bytes") is not None else "<image dict>")
+    if isinstance(image, (str, os.PathLike)):
+        return os.path.abspath(image)
+    return f"<in-memory {type(image).__name__}>"
 
 
 def is_placeholder(image: Image.Image, source: str | None) -> bool:
@@ -70,7 +80,8 @@ class UnitLabeler:
 
     def masker(self) -> ObjectMasker:
         if self._masker is None:
-            self._masker = ObjectMasker.from_settings(self.settings.keys, lf_args=self.settings.lf_args)
+            self._masker = ObjectMasker.from_settings(self.settings.keys, fallback_on_errors=not self.settings.training,
+                                                      lf_args=self.settings.lf_args)  # fmt: skip
         return self._masker
 
     def labels(self, image: Image.Image, source: str | None, grid: TokenGrid) -> np.ndarray:
