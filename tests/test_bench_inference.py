@@ -113,3 +113,18 @@ def test_bench_accuracy_rejects_unusable_datasets(tmp_path):
         default_mask_keys([good], {})
     assert default_mask_keys([dict(good, masks=["m.png"])], {}) == {"bgobj_mask_provider": "dataset"}
     assert default_mask_keys([good], {"bgobj_mask_provider": "entropy"})["bgobj_mask_provider"] == "entropy"
+
+
+def test_forced_hits_under_the_exact_policy_agree_with_cache_off(tiny_dir, tmp_path):
+    """Policy 'exact': the forced entries (other images' splits, sibling unions) never match a question's own
+    split, so nothing is served from them and every answer equals the cache-off answer."""
+    from lf_ext.eval.forcing import forced_hits
+    from lf_ext.eval.runner import agreement, exact_match
+
+    root, records = _plate_dataset(tmp_path / "exact", ["p"] * 4)
+    args = dict(bgobj_mask_provider="dataset", dataset_dir=str(root), dataset="plates", bgobj_mask_fallback="error")
+    exact = forced_hits(tiny_dir("qwen2_vl"), "qwen2_vl_bgobj", root, records, dict(args, bgobj_cache_policy="exact"), 50176)
+    off = exact_match(tiny_dir("qwen2_vl"), "qwen2_vl_bgobj", root, records, extra_args=dict(args, bgobj_cache=False))
+    assert exact["outcomes"]["hit"] == 0 and agreement(exact["answers"], off["answers"]) == 1.0
+    with pytest.raises(ValueError, match="4 answers against 3"):
+        agreement(exact["answers"], off["answers"][:3])

@@ -67,7 +67,7 @@ def run_bench_accuracy(dataset_dir: str | Path, train: str, test: str, json_out:
     """Train base/stock/bgobj on ``train``, answer ``test`` three ways, print the table and write JSON."""
     from lf_ext.adaptation import adapt
     from lf_ext.eval.forcing import forced_hits
-    from lf_ext.eval.runner import exact_match, load_records, majority_baseline
+    from lf_ext.eval.runner import agreement, exact_match, load_records, majority_baseline
     from lf_ext.tiny.checkpoint import build_checkpoint
 
     started = time.time()
@@ -95,14 +95,21 @@ def run_bench_accuracy(dataset_dir: str | Path, train: str, test: str, json_out:
         "bgobj_miss": exact_match(adapted.bgobj, family.template, dataset_dir, test_records, image_max_pixels,
                                   extra_args=dict(chat_args, bgobj_cache=False)),  # fmt: skip
         "bgobj_forced_hits": forced_hits(adapted.bgobj, family.template, dataset_dir, test_records, chat_args, image_max_pixels),
+        "bgobj_forced_hits_exact": forced_hits(adapted.bgobj, family.template, dataset_dir, test_records,
+                                               dict(chat_args, bgobj_cache_policy="exact"), image_max_pixels),
     }
     forced = results["bgobj_forced_hits"]
+    policies = {policy: {"accuracy": r["accuracy"], "hits": r["outcomes"]["hit"], "rejections": r["outcomes"]["rejection"],
+                         "misses": r["outcomes"]["miss"], "false_hits": r["false_hits"],
+                         "agreement_with_cache_off": agreement(r["answers"], results["bgobj_miss"]["answers"])}
+                for policy, r in (("reuse", forced), ("exact", results["bgobj_forced_hits_exact"]))}  # fmt: skip
     summary = {
         "stock": results["stock"]["accuracy"], "bgobj_miss": results["bgobj_miss"]["accuracy"],
         "bgobj_forced_hits": forced["accuracy"], "majority_baseline": majority_baseline(train_records, test_records),
         "hits": forced["outcomes"]["hit"], "rejections": forced["outcomes"]["rejection"],
         "misses": forced["outcomes"]["miss"], "false_hits": forced["false_hits"], "false_hit_rate": forced["false_hit_rate"],
-        "hit_subset_accuracy": forced["hit_accuracy"], "n": len(test_records), "seconds": time.time() - started,
+        "hit_subset_accuracy": forced["hit_accuracy"], "n": len(test_records), "policies": policies,
+        "seconds": time.time() - started,
     }  # fmt: skip
     _print(summary, results)
     payload = {"benchmark": "accuracy", "machine": machine_info(), "arch": arch, "dataset_dir": str(dataset_dir), "train": train,
@@ -127,6 +134,10 @@ def _print(summary: dict, results: dict) -> None:
     print(f"forced hits: {summary['hits']} hits, {summary['rejections']} rejections, {summary['misses']} misses; "
           f"false hits {_false_hits(summary)}; "
           f"accuracy on the hit questions {summary['hit_subset_accuracy']:.1%}; {summary['seconds']:.0f} s")  # fmt: skip
+    print(f"\n{'cache policy':<14}{'accuracy':>10}{'hits':>7}{'rejections':>12}{'misses':>8}{'agreement with cache off':>27}")
+    for policy, row in summary["policies"].items():
+        print(f"{policy:<14}{row['accuracy']:>10.1%}{row['hits']:>7}{row['rejections']:>12}{row['misses']:>8}"
+              f"{row['agreement_with_cache_off']:>27.1%}")  # fmt: skip
     types = sorted(results["stock"]["per_type"])
     if types != ["all"]:
         print(f"\n{'question type':<16}{'n':>5}{'stock':>9}{'miss':>9}{'forced':>9}")

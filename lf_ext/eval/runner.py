@@ -65,7 +65,7 @@ def answer_records(chat, dataset_dir: str | Path, records: list[dict],
     ``images(index, record, paths)`` may replace the images passed (e.g. to tag them with a request id);
     then ``after(index, record, correct, reply)`` runs."""
     per_type: dict[str, list[bool]] = defaultdict(list)
-    examples = []
+    examples, answers = [], []
     for index, rec in enumerate(tqdm(records, desc="answering", unit="q")):
         question, answer = question_and_answer(rec)
         paths = record_images(rec, dataset_dir)
@@ -73,6 +73,7 @@ def answer_records(chat, dataset_dir: str | Path, records: list[dict],
         with around(index, rec) if around is not None else contextlib.nullcontext():
             reply = chat.chat([{"role": "user", "content": question}], images=passed or None)[0].response_text
         ok = normalize(reply) == normalize(answer)
+        answers.append(reply)
         per_type[question_type(rec)].append(ok)
         if after is not None:
             after(index, rec, ok, reply)
@@ -84,7 +85,15 @@ def answer_records(chat, dataset_dir: str | Path, records: list[dict],
         "n": len(flat),
         "per_type": {k: (sum(v) / len(v), len(v)) for k, v in sorted(per_type.items())},
         "examples": examples,
+        "answers": answers,  # the replies, in record order
     }
+
+
+def agreement(answers: list[str], reference: list[str]) -> float:
+    """Share of questions answered identically (after normalisation) in two runs over the same records."""
+    if len(answers) != len(reference):
+        raise ValueError(f"{len(answers)} answers against {len(reference)}")
+    return sum(normalize(a) == normalize(b) for a, b in zip(answers, reference)) / max(len(answers), 1)
 
 
 def exact_match(model_dir: str | Path, template: str, dataset_dir: str | Path, records: list[dict],
