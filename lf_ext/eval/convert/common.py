@@ -8,10 +8,12 @@ to those lengths (dropping lines written after the checkpoint) and skips the con
 a finished conversion re-run only reports its counts. Changing the options of an unfinished or finished conversion
 into the same folder is an error unless ``overwrite`` is given.
 
-Loading: LLaMA-Factory reads ``.jsonl`` with ``datasets``, which infers the schema from the first ~10 MB and fails on
-later records of another shape. So every record of a file must have the same keys (top level and ``meta``) and
-scalar types; the writer checks the key sets, and converters use ``""``/``[]`` rather than ``null`` for absent
-scalars and lists, and JSON strings for values whose shape varies (e.g. an AndroidControl action).
+Loading: LLaMA-Factory reads ``.jsonl`` with ``datasets``, which infers the schema from the first ~10 MB chunk and
+fails on a later record of another shape (a new key, a list where the first chunk only had nulls). So every record
+of a file has the same keys (top level and ``meta``; the writer checks this), converters write ``""``/``[]`` rather
+than ``null`` for absent strings and lists, and a JSON string for a value whose shape varies (an AndroidControl
+action). The remaining nullable values (a ``boxes`` entry, AndroidControl's ``target_box``) come mixed with non-null
+ones from the first records on in real data.
 """
 
 from __future__ import annotations
