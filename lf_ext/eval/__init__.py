@@ -1,1 +1,2 @@
-"""Evaluation: reading LLaMA-Factory datasets, answering them through ``ChatModel``, metrics, and cache forcing."""
+"""Evaluation: reading LLaMA-Factory datasets, converting public benchmarks into them, answering them
+through ``ChatModel``, task metrics, and cache forcing."""
