@@ -261,6 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cache.add_argument("--entries", type=int, default=10000)
     bench_cache.set_defaults(func=_cmd_bench)
 
+    from lf_ext.eval.convert.cli import add_parser as add_data_parser
+
+    add_data_parser(sub)
+
     demo = sub.add_parser("demo", help="stock vs bgobj stages on the scenes, through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")
     demo.add_argument("--steps", type=int, default=None, help="base training steps (extra budget: a third of it)")
