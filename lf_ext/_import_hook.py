@@ -17,6 +17,7 @@ PATCHES = {
     "llamafactory.api.app": "lf_ext.patches.api:patch_api_app",
     "transformers.models.qwen2_vl.modeling_qwen2_vl": "lf_ext.patches.model_init:patch_model_classes",
     "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "lf_ext.patches.model_init:patch_model_classes",
+    "transformers.models.llava.modeling_llava": "lf_ext.patches.model_init:patch_model_classes",
 }
 
 

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--arch", required=True, choices=ARCH_NAMES)
     tiny.add_argument("--out", required=True, help="output folder")
     tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--shape", default="tiny", choices=list(SHAPES), help="'small': ~100M params; '2b': Qwen2-VL-2B dimensions; both for timing only")
+    tiny.add_argument("--shape", default="tiny", choices=list(SHAPES),
+                      help="'small': ~100M params; '2b': Qwen2-VL-2B dimensions; '7b': LLaVA-1.5-7B dimensions; all for timing only")
     tiny.set_defaults(func=_cmd_tiny)
 
     scenes = sub.add_parser("scenes", help="generate the synthetic background/object scenes dataset")

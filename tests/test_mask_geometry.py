@@ -125,3 +125,44 @@ def test_mask_follows_the_image_through_the_geometry():
 def test_empty_side_is_an_error():
     with pytest.raises(ValueError, match="empty side"):
         qwen2_vl_grid(0, 10)
+
+
+@pytest.fixture(scope="module")
+def llava_pad(tiny_dir):
+    """LLaVA-1.5's pad-to-square mode: ``LlavaImageProcessor(do_pad=True)`` (the original ``image_aspect_ratio: pad``)."""
+    from llamafactory.data.mm_plugin import get_mm_plugin
+    from transformers import AutoTokenizer
+
+    from lf_ext.families.llava.tiny import llava_processor
+
+    processor = llava_processor(AutoTokenizer.from_pretrained(tiny_dir("llava")), pad=True)
+    processor.image_max_pixels, processor.image_min_pixels = 200704, 1024
+    return get_mm_plugin("llava", image_token="<image>"), processor
+
+
+@pytest.mark.parametrize("size", [(336, 336), (672, 336), (336, 700), (500, 400), (1000, 37), (37, 1000), (20, 15), (333, 517)])
+def test_llava_pad_matches_processor(llava_pad, size):
+    """Pad to a square with the mean colour, then resize: the geometry lands on the processor's pixels,
+    and a mask follows it (padding is background)."""
+    from lf_ext.families import family_for_type
+
+    plugin, processor = llava_pad
+    rng = np.random.default_rng(2)
+    original = Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
+    grid = family_for_type("llava").token_grid(*size, processor)
+    assert grid.shape == (24, 24) and (grid.pad is not None) == (size[0] != size[1])
+    pixel_values = plugin._get_mm_inputs([original], [], [], processor)["pixel_values"][0]
+    ip = processor.image_processor
+    mean, std = torch.tensor(ip.image_mean).view(3, 1, 1), torch.tensor(ip.image_std).view(3, 1, 1)
+    theirs = ((pixel_values * std + mean) * 255).permute(1, 2, 0).numpy()
+    ours = np.asarray(grid.to_geometry(original), dtype=np.float32)
+    error = np.abs(ours - theirs).mean()
+    assert error < 0.5 * np.abs(np.roll(ours, 7, axis=1) - theirs).mean()
+    assert error < 0.5 * np.abs(np.roll(ours, 7, axis=0) - theirs).mean()
+    if grid.pad is not None:  # the padded band holds the mean colour in both, and the mask says background there
+        mask = np.asarray(grid.to_geometry(Image.new("L", size, 255)), dtype=np.float32) / 255
+        band = mask == 0
+        reach = int(4 * max(1.0, 336 / max(grid.steps[0])))  # bicubic upscaling blends over a few source pixels
+        for shift in (-reach, reach):  # away from the edge, where the resize blends padding and image
+            band &= np.roll(band, shift, axis=0) & np.roll(band, shift, axis=1)
+        assert band.any() and np.abs(theirs[band] - np.array(ip.image_mean) * 255).max() < 2.0

@@ -21,6 +21,7 @@ from lf_ext.families.base import BgObjFamily, PixelUnits
 FAMILY_PATHS: dict[str, str] = {
     "qwen2_vl": "lf_ext.families.qwen:QWEN2_VL",
     "qwen2_5_vl": "lf_ext.families.qwen:QWEN2_5_VL",
+    "llava": "lf_ext.families.llava:LLAVA",
 }
 _LOADED: dict[str, BgObjFamily] = {}
 

@@ -101,6 +101,9 @@ class BgObjFamily:
         """Token ids whose embedding rows the separators start from: (start-like, end-like)."""
         raise NotImplementedError
 
+    def validate(self, model: nn.Module) -> None:
+        """Raise a clear error when a loaded model uses a setting this family cannot reproduce exactly."""
+
     def separator_tokens(self, model) -> SeparatorIds:
         return SeparatorIds.of(self.spec(model)["separator_ids"], self.image_token_id(model.config))
 

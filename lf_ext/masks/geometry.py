@@ -33,12 +33,16 @@ class TokenGrid:
         steps: successive (width, height) resize targets.
         crop: (left, top, right, bottom) cropped from the last resize, or None.
         unit: token unit side in pixels at the final geometry.
+        pad: (left, top, right, bottom) added after the first step (LLaVA-1.5's pad-to-square), or None;
+            pictures are padded with ``pad_fill``, masks with 0 (background).
     """
 
     original: tuple[int, int]
     steps: tuple[tuple[int, int], ...]
     crop: tuple[int, int, int, int] | None
     unit: int
+    pad: tuple[int, int, int, int] | None = None
+    pad_fill: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -63,11 +67,21 @@ class TokenGrid:
         """Resize/crop a picture of the original's size as the processor does (masks: mode "L")."""
         if picture.size != self.original:
             raise ValueError(f"expected a picture of size {self.original}, got {picture.size}")
-        resample = Image.BOX if picture.mode in ("L", "F", "1") else Image.BICUBIC
-        for size in self.steps:
+        is_mask = picture.mode in ("L", "F", "1")
+        resample = Image.BOX if is_mask else Image.BICUBIC
+        for index, size in enumerate(self.steps):
             if picture.size != size:
                 picture = picture.resize(size, resample)
+            if index == 0 and self.pad:
+                picture = _padded(picture, self.pad, 0 if is_mask else self.pad_fill)
         return picture.crop(self.crop) if self.crop else picture
+
+
+def _padded(picture: Image.Image, pad: tuple[int, int, int, int], fill) -> Image.Image:
+    left, top, right, bottom = pad
+    canvas = Image.new(picture.mode, (picture.width + left + right, picture.height + top + bottom), fill)
+    canvas.paste(picture, (left, top))
+    return canvas
 
 
 def _lf_preprocess_size(width: int, height: int, max_pixels: int, min_pixels: int) -> tuple[int, int]:
@@ -124,18 +138,24 @@ def _smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pix
 
 def llava_grid(width: int, height: int, *, image_max_pixels: int = LF_MAX_PIXELS,
                image_min_pixels: int = LF_MIN_PIXELS, shortest_edge: int = 336, crop_size: int = 336,
-               patch_size: int = 14) -> TokenGrid:  # fmt: skip
-    """LLaVA-1.5 (llava-hf): LF resize, shortest edge to 336, then a centred 336x336 crop."""
+               patch_size: int = 14, pad_fill: tuple[int, int, int] | None = None) -> TokenGrid:  # fmt: skip
+    """LLaVA-1.5 (llava-hf): LF resize, [pad to a square with ``pad_fill``, as ``image_aspect_ratio: pad``
+    and ``LlavaImageProcessor(do_pad=True)`` do], shortest edge to 336, then a centred 336x336 crop."""
     _check_size(width, height)
     steps = [_lf_preprocess_size(width, height, image_max_pixels, image_min_pixels)]
     w, h = steps[-1]
+    pad = None
+    if pad_fill is not None and w != h:
+        side = max(w, h)
+        left, top = (side - w) // 2, (side - h) // 2
+        pad, w, h = (left, top, side - w - left, side - h - top), side, side
     short, long = min(w, h), max(w, h)
     new_long = int(shortest_edge * long / short)
     steps.append((shortest_edge, new_long) if w <= h else (new_long, shortest_edge))
     w, h = steps[-1]
     top, left = int((h - crop_size) / 2.0), int((w - crop_size) / 2.0)
     return TokenGrid(original=(width, height), steps=tuple(steps), crop=(left, top, left + crop_size, top + crop_size),
-                     unit=patch_size)  # fmt: skip
+                     unit=patch_size, pad=pad, pad_fill=pad_fill or (0, 0, 0))  # fmt: skip
 
 
 def unit_coverage(mask: np.ndarray, unit: int) -> np.ndarray:

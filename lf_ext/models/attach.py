@@ -120,6 +120,7 @@ def _with_prefusion_cache(model: nn.Module):
 
 def attach_bgobj(model: nn.Module, family: BgObjFamily) -> None:
     """Install the separated layout on a model instance of ``family`` with a ``bgobj`` spec (idempotent)."""
+    family.validate(model)
     if not wrap(model, "forward", _layout_forward(model, family), tag="bgobj_layout"):
         return
     spec = family.spec(model)

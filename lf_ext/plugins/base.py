@@ -155,10 +155,12 @@ class BgObjPluginMixin:
         self._validate_messages(messages, images, videos, audios)
         messages = deepcopy(messages)
         expansions = iter(self._image_expansions(images, processor))
-        for message in messages:
-            while IMAGE_PLACEHOLDER in message["content"]:
-                message["content"] = message["content"].replace(IMAGE_PLACEHOLDER, next(expansions), 1)
-        return super().process_messages(messages, [], videos, audios, processor)
+        for message in messages:  # split first: the expansion may contain the placeholder itself (LLaVA's <image>)
+            parts = message["content"].split(IMAGE_PLACEHOLDER)
+            message["content"] = parts[0] + "".join(next(expansions) + part for part in parts[1:])
+        if videos or audios:
+            return super().process_messages(messages, [], videos, audios, processor)
+        return messages
 
     def _image_expansions(self, images, processor) -> list[str]:
         if not images:

@@ -4,4 +4,4 @@ Light on purpose (the CLI reads these names); the builders live in ``lf_ext.tiny
 """
 
 ARCH_NAMES = ("qwen2_vl", "qwen2_5_vl", "llava")
-SHAPES = ("tiny", "small", "2b")
+SHAPES = ("tiny", "small", "2b", "7b")

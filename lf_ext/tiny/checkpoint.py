@@ -1,7 +1,8 @@
 """Write small random VLM checkpoints (weights, config, tokenizer, processor, chat template).
 
 The result loads through the stock ``from_pretrained`` paths and LLaMA-Factory's ``qwen2_vl`` and
-``llava`` templates. ``shape="2b"`` gives Qwen2-VL-2B dimensions (random weights) for timing only.
+``llava`` templates. ``shape="2b"`` gives Qwen2-VL-2B dimensions, ``shape="7b"`` LLaVA-1.5-7B dimensions
+(random weights), for timing only.
 """
 
 from __future__ import annotations
@@ -13,11 +14,6 @@ from typing import Callable
 import torch
 from transformers import (
     AutoModelForImageTextToText,
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    LlamaConfig,
-    LlavaConfig,
-    LlavaProcessor,
     PretrainedConfig,
     ProcessorMixin,
     Qwen2_5_VLProcessor,
@@ -25,28 +21,9 @@ from transformers import (
 )
 
 from lf_ext.tiny import ARCH_NAMES, chat_templates
+from lf_ext.families.llava.tiny import llava_config, llava_processor
 from lf_ext.families.qwen.tiny import qwen2_5_vl_config, qwen2_vl_config, qwen_processor
 from lf_ext.tiny.tokenizer import embedding_rows, llama_tokenizer, qwen_tokenizer
-
-
-def llava_config(tokenizer, shape: str) -> PretrainedConfig:
-    ids = tokenizer.convert_tokens_to_ids
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=336, patch_size=14, projection_dim=32)  # fmt: skip
-    text = LlamaConfig(vocab_size=embedding_rows(tokenizer), hidden_size=64, intermediate_size=128,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                       bos_token_id=ids("<s>"), eos_token_id=ids("</s>"), pad_token_id=ids("<pad>"))  # fmt: skip
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_id=ids("<image>"),
-                       vision_feature_select_strategy="default", vision_feature_layer=-2, image_seq_length=576)  # fmt: skip
-
-
-def llava_processor(tokenizer) -> ProcessorMixin:
-    image = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-                               image_mean=[0.48145466, 0.4578275, 0.40821073],
-                               image_std=[0.26862954, 0.26130258, 0.27577711])  # fmt: skip
-    return LlavaProcessor(image_processor=image, tokenizer=tokenizer, patch_size=14,
-                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=chat_templates.LLAVA)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,7 +43,7 @@ ARCHS: dict[str, ArchSpec] = {
                          ("tiny", "small", "2b"), "qwen2_vl"),
     "qwen2_5_vl": ArchSpec(qwen_tokenizer, chat_templates.QWEN2_VL, qwen2_5_vl_config,
                            qwen_processor(Qwen2_5_VLProcessor), ("tiny",), "qwen2_vl"),
-    "llava": ArchSpec(llama_tokenizer, chat_templates.LLAVA, llava_config, llava_processor, ("tiny",), "llava"),
+    "llava": ArchSpec(llama_tokenizer, chat_templates.LLAVA, llava_config, llava_processor, ("tiny", "7b"), "llava"),
 }  # fmt: skip
 assert tuple(ARCHS) == ARCH_NAMES
 
@@ -82,7 +59,7 @@ def build_checkpoint(arch: str, out_dir: str | Path, seed: int = 0, shape: str =
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = spec.tokenizer(spec.chat_template)
     config = spec.config(tokenizer, shape)
-    dtype = torch.bfloat16 if shape == "2b" else torch.float32
+    dtype = torch.bfloat16 if shape in ("2b", "7b") else torch.float32
     config.dtype = dtype
     torch.manual_seed(seed)
     with torch.device("cpu"):
