@@ -31,3 +31,21 @@ def test_switched_off_the_same_yaml_is_rejected_by_llamafactory(tmp_path, tiny_d
     assert proc.returncode != 0
     assert "not used by the HfArgumentParser" in proc.stdout
     assert "bgobj_mask_provider" in proc.stdout
+
+
+def test_llava_bgobj_lora_ddp_with_every_new_module(tmp_path, tiny_dir, scenes_dir):
+    """LLaVA-1.5 through two gloo workers, LoRA (DDP without unused-parameter search) with split projectors,
+    a prefusion layer and sibling backgrounds: every bgobj module gets a gradient on every step (the stock
+    projector, unused by the layout, is frozen; the vision tower is frozen as in LLaVA-1.5's recipes)."""
+    values = train_yaml(tiny_dir("llava"), scenes_dir, tmp_path / "out", "llava_bgobj", ddp_backend="gloo",
+                        lora_target="all", bgobj_mask_provider="dataset", bgobj_split_projector=True,
+                        bgobj_prefusion_layers=1, bgobj_sibling_prob=0.5)  # fmt: skip
+    values.update(finetuning_type="lora", save_strategy="steps", save_steps=3, freeze_vision_tower=True)
+    proc = run_cli(["llamafactory-cli", "train", str(write_yaml(tmp_path / "ddp.yaml", values))], cwd=tmp_path,
+                   FORCE_TORCHRUN="1", NPROC_PER_NODE="2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for rank in (0, 1):
+        assert f"[INFO|lf_ext|rank{rank}] bgobj: separated background/object layout on" in proc.stdout
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    for part in ("bgobj.separators", "bgobj.merger_object.linear_1", "bgobj.prefusion.gates"):
+        assert any(part in key for key in saved), part

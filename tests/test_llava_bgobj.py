@@ -231,3 +231,55 @@ def test_pad_to_square_mode_moves_the_mask_with_the_pixels(tiny_dir, tmp_path):
     expected = torch.zeros(24, 24, dtype=torch.bool)
     expected[4 + 4 : 10 + 4, 8:14] = True
     assert torch.equal(labels, expected)
+
+
+@torch.no_grad()
+def test_sibling_training_serves_a_hit_bit_for_bit(loaded, tmp_path):
+    """bgobj_sibling_prob on LLaVA: a training image gets its sibling's patches on B (the sibling's background
+    minus its own object), object = NOT B, and its background tokens are the sibling's, bit for bit."""
+    import json
+
+    from lf_ext.config import Settings, parse_bgobj_args
+
+    tok, template, model = loaded
+    family = family_of(model)
+    root = tmp_path / "siblings"
+    root.mkdir()
+    rng = np.random.default_rng(5)
+    plate = rng.integers(0, 256, size=(336, 336, 3), dtype=np.uint8)
+    records = []
+    for index, (x0, y0, x1, y1) in enumerate([(28, 28, 112, 112), (196, 196, 280, 280), (28, 196, 112, 280)]):
+        pixels, mask = plate.copy(), np.zeros((336, 336), np.uint8)
+        pixels[y0:y1, x0:x1] = rng.integers(0, 256, size=(y1 - y0, x1 - x0, 3), dtype=np.uint8)
+        mask[y0:y1, x0:x1] = 255
+        Image.fromarray(pixels).save(root / f"s{index}.png")
+        Image.fromarray(mask).save(root / f"s{index}_mask.png")
+        records.append({"messages": [{"role": "user", "content": "<image>Q"}, {"role": "assistant", "content": "A"}],
+                        "images": [f"s{index}.png"], "masks": [f"s{index}_mask.png"], "meta": {"sibling_group": "g"}})  # fmt: skip
+    (root / "data.json").write_text(json.dumps(records))
+    (root / "dataset_info.json").write_text(json.dumps({"sib": {"file_name": "data.json", "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"}}}))  # fmt: skip
+
+    def plugin(prob):
+        keys = parse_bgobj_args({"bgobj_mask_provider": "dataset", "bgobj_sibling_prob": prob})
+        return template.mm_plugin.bind(Settings(keys, {"do_train": True, "dataset": "sib", "dataset_dir": str(root)}))
+
+    processor = tok["processor"]
+    own = {i: plugin(0.0)._get_mm_inputs([str(root / f"s{i}.png")], [], [], processor) for i in range(3)}
+    served = 0
+    sampler = plugin(1.0)
+    for i in range(3):
+        x = sampler._get_mm_inputs([str(root / f"s{i}.png")], [], [], processor)
+        sibling = sampler.siblings.sibling_of(str(root / f"s{i}.png"), (1, 24, 24))
+        if sibling is None:
+            continue
+        served += 1
+        s = own[int(sibling.rsplit("s", 1)[-1][0])]
+        layout = ImageLayout.unpack(x[LAYOUT_KEY])
+        labels = unit_labels(x)
+        assert torch.equal(labels, unit_labels(s) | unit_labels(own[i]))
+        n_bg = layout.n_background(0)
+        mine, theirs = family.encode(model, x["pixel_values"], layout), family.encode(model, s["pixel_values"], layout)
+        assert torch.equal(mine[:n_bg], theirs[:n_bg])
+    assert served >= 2

@@ -67,18 +67,28 @@ def _before_init_adapter(config, model, model_args, finetuning_args, is_trainabl
 
 
 def _after_init_adapter(model, config, model_ref, model_args, finetuning_args, is_trainable, *args, **kwargs) -> None:
-    """Freeze tuning keeps the bgobj modules trainable; an inference load (adapters merged by now) gets
-    the background-cache runtime and the exit guard."""
+    """Freeze tuning keeps the bgobj modules trainable; with split projectors the stock projector (which the
+    separated layout never uses) is frozen, so no optimizer state is spent on it and DDP sees no unused
+    trainable parameter; an inference load (adapters merged by now) gets the background-cache runtime and
+    the exit guard."""
     if is_trainable and finetuning_args.finetuning_type == "freeze":
         for name, param in model.named_parameters():
             if f".{BGOBJ_ATTR}." in name:
                 param.requires_grad_(True)
+    family = family_of(model)
+    spec = family.spec(model) if family is not None else None
+    if is_trainable and spec and spec.get("split_projector"):
+        frozen = [p for p in family.projector_of(family.modules_owner(model)).parameters() if p.requires_grad]
+        for param in frozen:
+            param.requires_grad_(False)
+        if frozen:
+            logger.info("bgobj_split_projector: the stock projector is unused by the separated layout; %d of its "
+                        "trainable tensors frozen", len(frozen))  # fmt: skip
     if not is_trainable:
         from lf_ext.inference.exit_guard import guard_generate
         from lf_ext.inference.runtime import install_runtime
 
-        family = family_of(model)
-        if family is not None and family.spec(model) is not None:
+        if spec is not None:
             install_runtime(model, family, settings_of(model_args), model_args.model_name_or_path)
         guard_generate(model)  # outermost: chat may exit while generate still runs in its thread
 

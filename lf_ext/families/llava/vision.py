@@ -91,10 +91,14 @@ def encode_units(tower: nn.Module, pixel_values: torch.Tensor, layout: ImageLayo
 
 
 def _run_layers(tower: nn.Module, hidden: torch.Tensor, layers: list[int]) -> torch.Tensor:
-    """The encoder on ``hidden`` up to the deepest layer needed; the selected states concatenated."""
+    """The encoder on ``hidden`` up to the deepest layer needed; the selected states concatenated.
+
+    Each layer's ``forward`` is called directly, bypassing ``__call__``: several length buckets run the
+    same layer in one training step, and LLaMA-Factory's reentrant gradient checkpointing of a module
+    called more than once per step makes DDP mark its parameters ready twice (the same computation)."""
     states = {0: hidden} if 0 in layers else {}
     for index, layer in enumerate(tower.encoder.layers[: max(layers)], 1):
-        hidden = layer(hidden, None)
+        hidden = layer.forward(hidden, None)
         hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         if index in layers:
             states[index] = hidden
