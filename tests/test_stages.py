@@ -67,19 +67,27 @@ def _train(tmp_path, name, recipe, **overrides):
     return proc
 
 
+TEMPLATES = {"qwen2_vl": "qwen2_vl_bgobj", "qwen2_5_vl": "qwen2_vl_bgobj", "llava": "llava_bgobj"}
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl", "llava"])
 def test_train_export_reload_round_trip(tmp_path, tiny_dir, scenes_dir, arch):
     """Stage 1 -> stage 2 (LoRA) -> export: every bgobj weight survives, logits match the unmerged model."""
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    common = dict(dataset_dir=str(scenes_dir), image_max_pixels=12544)
+    from lf_ext.families import family_of
+
+    template = TEMPLATES[arch]
+    common = dict(dataset_dir=str(scenes_dir), image_max_pixels=12544, template=template)
     s1, s2, merged = tmp_path / "stage1", tmp_path / "stage2", tmp_path / "merged"
     _train(tmp_path, "s1", "stage1_projector.yaml", model_name_or_path=str(tiny_dir(arch)), output_dir=str(s1), **common)
-    trained = load_file(s1 / "model.safetensors")["visual.bgobj.separators.weight"]
-    assert json.loads((s1 / "config.json").read_text())["vision_config"]["bgobj"]["separators_initialized"] is True
+    (separator_key,) = [k for k in load_file(s1 / "model.safetensors") if k.endswith("bgobj.separators.weight")]
+    trained = load_file(s1 / "model.safetensors")[separator_key]
+    family = family_of(AutoConfig.from_pretrained(s1))
+    assert family.spec(AutoConfig.from_pretrained(s1))["separators_initialized"] is True
     _train(tmp_path, "s2", "stage2_lora.yaml", model_name_or_path=str(s1), output_dir=str(s2), **common)
-    export = write_yaml(tmp_path / "export.yaml", _recipe("export.yaml", model_name_or_path=str(s1),
+    export = write_yaml(tmp_path / "export.yaml", _recipe("export.yaml", model_name_or_path=str(s1), template=template,
                                                           adapter_name_or_path=str(s2), export_dir=str(merged)))  # fmt: skip
     proc = run_cli(["llamafactory-cli", "export", str(export)], cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-4000:]
@@ -88,21 +96,18 @@ def test_train_export_reload_round_trip(tmp_path, tiny_dir, scenes_dir, arch):
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     adapter = load_file(s2 / "adapter_model.safetensors")
     lora_sep = [v for k, v in adapter.items() if "bgobj" in k and "separators" in k]
-    assert lora_sep and torch.equal(reloaded.model.visual.bgobj.separators.weight, lora_sep[0])
+    assert lora_sep and torch.equal(family.modules(reloaded).separators.weight, lora_sep[0])
     assert not torch.equal(lora_sep[0], trained)  # stage 2 kept training the stage-1 module
 
     data = tmp_path / "masked"
     from bgobj_helpers import masked_dataset
 
     masked_dataset(data)
-    merged_parts = load_for_inference(merged, data)
-    unmerged_parts = load_for_inference(s1, data, adapter_name_or_path=str(s2))
+    merged_parts = load_for_inference(merged, data, template=template)
+    unmerged_parts = load_for_inference(s1, data, template=template, adapter_name_or_path=str(s2))
     logits = []
-    for tok, template, model in (merged_parts, unmerged_parts):
-        input_ids, inputs = encode(tok, template, [str(data / "img0.png")])
-        mm_types = (input_ids == model.config.image_token_id).long()
-        positions, _ = model.model.get_rope_index(input_ids, mm_token_type_ids=mm_types, image_grid_thw=inputs["image_grid_thw"],
-                                                  bgobj_layout=inputs["bgobj_layout"])  # fmt: skip
+    for tok, template_obj, model in (merged_parts, unmerged_parts):
+        input_ids, inputs = encode(tok, template_obj, [str(data / "img0.png")])
         with torch.no_grad():
-            logits.append(model(input_ids=input_ids, position_ids=positions, **inputs).logits)
+            logits.append(model(input_ids=input_ids, **inputs).logits)
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=1e-4)
