@@ -99,12 +99,12 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
         run_bench_ttft(args.json, plot=args.plot, quick=args.quick, shapes=tuple(args.shapes.split(",")),
                        sizes=tuple(int(v) for v in args.sizes.split(",")), runs=args.runs, warmup=args.warmup,
                        fractions=tuple(float(v) for v in args.fractions.split(",")), checkpoints=args.checkpoints,
-                       reuse_stock=args.reuse_stock)  # fmt: skip
+                       reuse_stock=args.reuse_stock, arch=args.arch)  # fmt: skip
     elif args.bench_command == "stream":
         from lf_ext.bench.stream import run_bench_stream
 
         run_bench_stream(args.json, shape=args.shape, px=args.px, frames=args.frames, positions=args.positions,
-                         object_fraction=args.object_fraction, checkpoints=args.checkpoints)  # fmt: skip
+                         object_fraction=args.object_fraction, checkpoints=args.checkpoints, arch=args.arch)  # fmt: skip
     elif args.bench_command == "accuracy":
         from lf_ext.bench.accuracy import run_bench_accuracy
         from lf_ext.config import split_bgobj_args
@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ttft.add_argument("--json", required=True)
     bench_ttft.add_argument("--plot", help="also draw TTFT against object fraction to this PNG")
     bench_ttft.add_argument("--quick", action="store_true", help="only the 2b-shaped, 896 px, 20%% object row")
-    bench_ttft.add_argument("--shapes", default="tiny,2b", help="comma-separated: tiny, small, 2b")
+    bench_ttft.add_argument("--arch", default="qwen2_vl", choices=_bgobj_archs(), help="model family")
+    bench_ttft.add_argument("--shapes", default="tiny,2b", help="comma-separated: tiny, small, 2b (Qwen2-VL), 7b (LLaVA)")
     bench_ttft.add_argument("--sizes", default="448,896", help="comma-separated image sizes in pixels")
     bench_ttft.add_argument("--fractions", default="0.05,0.1,0.2,0.4,0.6", help="object fractions")
     bench_ttft.add_argument("--runs", type=int, default=5, help="recorded runs per row (median)")
@@ -234,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_stream = bench.add_parser("stream", help="fixed camera, moving object, ticking clock: stock vs cache vs cache+refine")
     bench_stream.add_argument("--json", required=True)
-    bench_stream.add_argument("--shape", default="2b", help="tiny, small or 2b (random Qwen2-VL weights)")
+    bench_stream.add_argument("--arch", default="qwen2_vl", choices=_bgobj_archs(), help="model family")
+    bench_stream.add_argument("--shape", default="2b", help="tiny, small, 2b (Qwen2-VL) or 7b (LLaVA); random weights")
     bench_stream.add_argument("--px", type=int, default=448, help="frame size in pixels")
     bench_stream.add_argument("--frames", type=int, default=16)
     bench_stream.add_argument("--positions", type=int, default=3, help="places the object moves between")

@@ -128,3 +128,12 @@ def test_forced_hits_under_the_exact_policy_agree_with_cache_off(tiny_dir, tmp_p
     assert exact["outcomes"]["hit"] == 0 and agreement(exact["answers"], off["answers"]) == 1.0
     with pytest.raises(ValueError, match="4 answers against 3"):
         agreement(exact["answers"], off["answers"][:3])
+
+
+def test_bench_ttft_llava_row(tmp_path):
+    from lf_ext.bench.ttft import run_bench_ttft
+
+    (row,) = run_bench_ttft(tmp_path / "ttft.json", shapes=("tiny",), sizes=(336,), fractions=(0.2,), runs=1, warmup=0,
+                            checkpoints=tmp_path / "ckpt", arch="llava")  # fmt: skip
+    assert row["arch"] == "llava" and row["units"] == 576 and abs(row["object_fraction"] - 0.2) < 0.02
+    assert row["hit_prefill_tokens"] < row["prompt_tokens"] and row["limit_ms"] <= row["hit_ms"]

@@ -32,16 +32,16 @@ import torch
 from PIL import Image
 
 from lf_ext.bench.report import machine_info, print_table, write_json
-from lf_ext.bench.ttft import UNIT, background_plate, checkpoint, load, stock_ttft
+from lf_ext.bench.ttft import TIMING_SHAPES, UNIT, background_plate, checkpoint, load, stock_ttft
 from lf_ext.layout import LAYOUT_KEY
 
 CLOCK_UNITS = 3
 
 
-def stream_frames(px: int, frames: int, positions: int, object_fraction: float, seed: int = 0):
+def stream_frames(px: int, frames: int, positions: int, object_fraction: float, seed: int = 0, unit: int = UNIT):
     """[(PIL frame, (rows, cols) bool object labels, position index)] for the stream described above."""
     rng = np.random.default_rng(seed)
-    units = px // UNIT
+    units = px // unit
     side = max(1, round(units * object_fraction**0.5))
     if positions * side > units or side >= units - 1:
         raise ValueError(f"{positions} places for a {side}-unit object do not fit a {units}-unit row")
@@ -53,9 +53,9 @@ def stream_frames(px: int, frames: int, positions: int, object_fraction: float, 
         place = int(rng.integers(positions))
         frame = plate.copy()
         left = lefts[place]
-        frame[top * UNIT : (top + side) * UNIT, left * UNIT : (left + side) * UNIT] = rng.integers(
-            0, 256, (side * UNIT, side * UNIT, 3), dtype=np.uint8)  # fmt: skip
-        frame[:UNIT, (units - CLOCK_UNITS) * UNIT : units * UNIT] = rng.integers(0, 256, (UNIT, CLOCK_UNITS * UNIT, 3), dtype=np.uint8)
+        frame[top * unit : (top + side) * unit, left * unit : (left + side) * unit] = rng.integers(
+            0, 256, (side * unit, side * unit, 3), dtype=np.uint8)  # fmt: skip
+        frame[:unit, (units - CLOCK_UNITS) * unit : units * unit] = rng.integers(0, 256, (unit, CLOCK_UNITS * unit, 3), dtype=np.uint8)
         labels = np.zeros((units, units), bool)
         labels[top : top + side, left : left + side] = True
         out.append((Image.fromarray(frame), labels, place))
@@ -93,13 +93,14 @@ COLUMNS = [("mode", "{}"), ("frames", "{}"), ("hits", "{}"), ("rejections", "{}"
 
 def run_bench_stream(json_out: str | Path, shape: str = "2b", px: int = 448, frames: int = 16, positions: int = 3,
                      object_fraction: float = 0.1, stock_frames: int = 3, seed: int = 0,
-                     checkpoints: str | Path = "work/bench/checkpoints") -> dict:  # fmt: skip
+                     checkpoints: str | Path = "work/bench/checkpoints", arch: str = "qwen2_vl") -> dict:  # fmt: skip
     """Serve the stream three ways, print the table, write JSON (rows + every frame's outcome)."""
     started = time.perf_counter()
     torch.manual_seed(seed)
-    dtype = "bfloat16" if shape == "2b" else "float32"
-    loaded = load(checkpoint(shape, checkpoints), px, dtype)
-    stream = stream_frames(px, frames, positions, object_fraction, seed)
+    dtype = "bfloat16" if shape in TIMING_SHAPES else "float32"
+    loaded = load(checkpoint(shape, checkpoints, arch), px, dtype)
+    unit = loaded.family.pixel_units(loaded.processor.image_processor).unit
+    stream = stream_frames(px, frames, positions, object_fraction, seed, unit)
     units = stream[0][1].size
     print(f"stream: {frames} frames, {shape} {px} px, {units} units, object at {positions} places, clock {CLOCK_UNITS} units", flush=True)
     stock_ms = []
@@ -114,7 +115,7 @@ def run_bench_stream(json_out: str | Path, shape: str = "2b", px: int = 448, fra
         rows.append(_row(mode, [s["ms"] for s in per_frame[mode]], per_frame[mode], stock))
     print(f"\nStream TTFT (ms; stock = median of {len(stock_ms)} frames; {time.perf_counter() - started:.0f} s)")
     print_table(rows, COLUMNS)
-    result = {"benchmark": "stream", "machine": machine_info(), "shape": shape, "image_px": px, "dtype": dtype,
+    result = {"benchmark": "stream", "machine": machine_info(), "arch": arch, "shape": shape, "image_px": px, "dtype": dtype,
               "frames": frames, "positions": positions, "object_fraction": object_fraction, "clock_units": CLOCK_UNITS,
               "stock_samples_ms": stock_ms, "rows": rows, "per_frame": per_frame}  # fmt: skip
     write_json(json_out, result)

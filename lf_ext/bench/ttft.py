@@ -1,7 +1,8 @@
 """``lf-ext bench ttft``: time to first token for the stock layout, a bgobj miss and a bgobj hit.
 
-One model instance serves all three (random weights, Qwen2-VL shapes, loaded through LLaMA-Factory's
-loader with the ``qwen2_vl_bgobj`` template): the stock layout runs the stock vision tower over all
+One model instance serves all three (random weights of a family's shape, e.g. Qwen2-VL ``2b`` or
+LLaVA-1.5 ``7b``, loaded through LLaMA-Factory's loader with the family's bgobj template, the
+stock layout built by its stock template): the stock layout runs the stock vision tower over all
 patches and prefills every token; a miss masks the image (reference provider against the empty
 background plate), encodes both groups, prefills the prefix and inserts it, then prefills the rest;
 a hit looks up and verifies the background, encodes the object units only and prefills the tokens
@@ -35,9 +36,10 @@ from lf_ext.models.attach import scatter_features
 
 FRACTIONS = (0.05, 0.10, 0.20, 0.40, 0.60)
 SIZES = (448, 896)
-SHAPES = ("tiny", "2b")
+SHAPES = ("tiny", "small", "2b", "7b")
 QUESTION = "What is the object in the picture?"
-UNIT = 28
+UNIT = 28  # Qwen2-VL's unit; frames take the family's
+TIMING_SHAPES = ("2b", "7b")  # built in bf16
 
 
 # --------------------------------------------------------------------------- inputs
@@ -48,11 +50,11 @@ def background_plate(px: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(base + rng.normal(0, 18, base.shape), 0, 255).astype(np.uint8)
 
 
-def scene_frames(px: int, fraction: float, seed: int = 0) -> dict[str, Any]:
+def scene_frames(px: int, fraction: float, seed: int = 0, unit: int = UNIT) -> dict[str, Any]:
     """A textured background plate and two frames with different objects on a unit-aligned rectangle
     covering about ``fraction`` of the units (the 'same camera, new object' case)."""
     rng = np.random.default_rng(seed)
-    units = px // UNIT
+    units = px // unit
     plate = background_plate(px, rng)
     side = max(1, round(units * fraction**0.5))
     rows, cols = side, min(units, max(1, round(fraction * units * units / side)))
@@ -60,8 +62,8 @@ def scene_frames(px: int, fraction: float, seed: int = 0) -> dict[str, Any]:
     frames = []
     for _ in range(2):
         frame = plate.copy()
-        frame[top * UNIT : (top + rows) * UNIT, left * UNIT : (left + cols) * UNIT] = rng.integers(
-            0, 256, (rows * UNIT, cols * UNIT, 3), dtype=np.uint8)  # fmt: skip
+        frame[top * unit : (top + rows) * unit, left * unit : (left + cols) * unit] = rng.integers(
+            0, 256, (rows * unit, cols * unit, 3), dtype=np.uint8)  # fmt: skip
         frames.append(Image.fromarray(frame))
     return {"plate": Image.fromarray(plate), "frames": frames, "object_fraction": rows * cols / units**2}
 
@@ -160,7 +162,7 @@ def measure_row(loaded: Loaded, shape: str, px: int, fraction: float, runs: int,
     from lf_ext.masks.pipeline import ObjectMasker
     from lf_ext.masks.reference import ReferenceMaskProvider
 
-    scene = scene_frames(px, fraction)
+    scene = scene_frames(px, fraction, unit=loaded.family.pixel_units(loaded.processor.image_processor).unit)
     threshold = parse_bgobj_args({}).bgobj_reference_threshold  # the key's default
     masker = ObjectMasker(ReferenceMaskProvider(scene["plate"], threshold), "reference")
     geometry = loaded.family.token_grid(px, px, loaded.processor)
@@ -227,7 +229,8 @@ COLUMNS = [("shape", "{}"), ("image_px", "{}"), ("object_fraction", "{:.2f}"), (
 def run_bench_ttft(json_out: str | Path, plot: str | Path | None = None, quick: bool = False,
                    shapes: tuple[str, ...] = SHAPES, sizes: tuple[int, ...] = SIZES,
                    fractions: tuple[float, ...] = FRACTIONS, runs: int = 5, warmup: int = 1,
-                   checkpoints: str | Path = "work/bench/checkpoints", reuse_stock: bool = False) -> list[dict]:  # fmt: skip
+                   checkpoints: str | Path = "work/bench/checkpoints", reuse_stock: bool = False,
+                   arch: str = "qwen2_vl") -> list[dict]:  # fmt: skip
     """Measure every (shape, size, fraction) row, print the table, write JSON (and the plot).
 
     ``reuse_stock``: measure the stock TTFT with the first fraction of each (shape, size) only and
@@ -238,8 +241,8 @@ def run_bench_ttft(json_out: str | Path, plot: str | Path | None = None, quick: 
     torch.manual_seed(0)
     rows = []
     for shape in shapes:
-        model_dir = checkpoint(shape, checkpoints)
-        dtype = "bfloat16" if shape == "2b" else "float32"
+        model_dir = checkpoint(shape, checkpoints, arch)
+        dtype = "bfloat16" if shape in TIMING_SHAPES else "float32"
         for px in sizes:
             loaded = load(model_dir, px, dtype)
             stock_samples = None
@@ -268,7 +271,7 @@ def plot_ttft(rows: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["shape"], r["image_px"]) for r in rows}, key=lambda k: (SHAPES.index(k[0]), k[1]))
+    panels = sorted({(r["shape"], r["image_px"]) for r in rows}, key=lambda k: (SHAPES.index(k[0]), k[1]))  # one arch per plot
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (shape, px) in zip(axes[0], panels):
         chosen = sorted((r for r in rows if (r["shape"], r["image_px"]) == (shape, px)), key=lambda r: r["object_fraction"])
@@ -276,7 +279,7 @@ def plot_ttft(rows: list[dict], path: str | Path) -> None:
         for key, label, style in (("stock_ms", "stock", "o-"), ("miss_ms", "bgobj miss", "s--"),
                                   ("hit_ms", "bgobj hit", "^-"), ("limit_ms", "hit limit", ":")):  # fmt: skip
             ax.plot(x, [r[key] / 1000 for r in chosen], style, label=label)
-        ax.set_title(f"Qwen2-VL {shape}, {px} px")
+        ax.set_title(f"{chosen[0]['arch']} {shape}, {px} px")
         ax.set_xlabel("object units (%)")
         ax.set_ylabel("time to first token (s)")
         ax.set_ylim(bottom=0)
