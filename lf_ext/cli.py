@@ -50,6 +50,7 @@ def _masker_from(extra: list[str], provider: str | None):
 
 
 def _cmd_show_mask(args: argparse.Namespace, extra: list[str]) -> int:
+    import numpy as np
 
     from lf_ext.masks.geometry import grid_for_arch
     from lf_ext.masks.reference import open_image
@@ -60,9 +61,19 @@ def _cmd_show_mask(args: argparse.Namespace, extra: list[str]) -> int:
     grid = grid_for_arch(args.arch, *image.size, image_max_pixels=args.image_max_pixels)
     record = {k: v for k, v in (("mask", args.mask), ("plate", args.plate)) if v}
     mask, labels = masker.mask_and_labels(image, grid, source=str(args.image), record=record)
-    title = f"{args.image}  arch={args.arch}  provider={masker.provider_name}"
-    five_panels(image, mask, labels, grid, title).save(args.out)
-    print(f"wrote {args.out}: {labels.sum()} object units of {labels.size} ({grid.shape[0]}x{grid.shape[1]})")
+    kept = None
+    if args.patch_selection != "none":
+        from lf_ext.selection import PatchSelection
+
+        selection = PatchSelection(args.patch_selection, args.patch_alpha, tuple(float(t) for t in args.patch_thresholds.split(",")))
+        resized = np.asarray(grid.to_geometry(image))
+        rows, cols, unit = *grid.shape, grid.unit
+        units = resized[: rows * unit, : cols * unit].reshape(rows, unit, cols, unit, 3).transpose(0, 2, 1, 3, 4)
+        kept = selection.select_grid(units, labels)
+    title = f"{args.image}  arch={args.arch}  provider={masker.provider_name}  patch selection={args.patch_selection}"
+    five_panels(image, mask, labels, grid, title, kept).save(args.out)
+    summary = "" if kept is None else f", {int(kept.sum())} units kept by {args.patch_selection}"
+    print(f"wrote {args.out}: {labels.sum()} object units of {labels.size} ({grid.shape[0]}x{grid.shape[1]}){summary}")
     return 0
 
 
@@ -182,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--plate", help="reference plate for the 'reference' provider")
     show.add_argument("--image-max-pixels", type=int, default=768 * 768)
     show.add_argument("--out", required=True, help="PNG to write")
+    show.add_argument("--patch-selection", default="none", choices=["none", "v1", "v2", "budget"],
+                      help="also draw the units a token budget keeps (dropped: grey)")
+    show.add_argument("--patch-alpha", type=float, default=0.3, help="alpha of budget / v2")
+    show.add_argument("--patch-thresholds", default="3,2", help="v1 thresholds (2x2 and 4x4 blocks)")
     show.set_defaults(func=_cmd_show_mask, takes_bgobj=True)
 
     masks = sub.add_parser("masks", help="mask tools").add_subparsers(dest="masks_command", required=True)

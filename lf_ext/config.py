@@ -57,6 +57,15 @@ class BgObjArguments:
     bgobj_yolo_mode: str = _key("union", "yolo: 'union' of all detections or the single most confident ('top1').",
                                 ["union", "top1"])
 
+    # token budget (entropy patch selection, lf_ext.selection)
+    bgobj_patch_selection: str = _key("none", "Token budget: keep only some token units, by grey-level entropy, inside each "
+                                      "group: 'budget' (top alpha fraction), 'v2' (entropy >= alpha x the group's max), "
+                                      "'v1' (fixed thresholds: flat blocks keep one unit); 'none' = every unit.",
+                                      ["none", "v1", "v2", "budget"])
+    bgobj_patch_alpha: float = _key(0.3, "Token budget: alpha of 'budget' (fraction kept) and 'v2' (threshold factor), in (0, 1].")
+    bgobj_patch_thresholds: str = _key("3,2", "Token budget 'v1': entropy thresholds (bits) of 2x2- and 4x4-unit blocks, "
+                                       "comma-separated (two numbers).")
+
     # model
     bgobj_prefusion_layers: int = _key(0, "Causal prefusion layers before the LLM (copies of its first N layers, "
                                        "gated shut at start); 0 = off. Only when a checkpoint first gets bgobj.")
@@ -101,6 +110,12 @@ def _check_ranges(s: "BgObjArguments") -> None:
             raise BgObjConfigError(f"{name} must be >= 0, got {getattr(s, name)}.")
     if not 0.0 <= s.bgobj_cache_min_coverage <= 1.0:
         raise BgObjConfigError(f"bgobj_cache_min_coverage must be in [0, 1], got {s.bgobj_cache_min_coverage}.")
+    if not 0.0 < s.bgobj_patch_alpha <= 1.0:
+        raise BgObjConfigError(f"bgobj_patch_alpha must be in (0, 1], got {s.bgobj_patch_alpha}.")
+    thresholds = [t.strip() for t in s.bgobj_patch_thresholds.split(",")]
+    if len(thresholds) != 2 or not all(_is_number(t) and float(t) >= 0 for t in thresholds):
+        raise BgObjConfigError(f"bgobj_patch_thresholds must be two non-negative numbers (2x2 and 4x4 blocks), "
+                               f"got {s.bgobj_patch_thresholds!r}.")
     if s.bgobj_mask_margin < 0:
         raise BgObjConfigError(f"bgobj_mask_margin must be >= 0, got {s.bgobj_mask_margin}.")
     if not 0.0 <= s.bgobj_unit_coverage < 1.0:
@@ -121,6 +136,14 @@ def _check_ranges(s: "BgObjArguments") -> None:
         raise BgObjConfigError(f"bgobj_mask_dir not found: {s.bgobj_mask_dir!r}.")
     if s.bgobj_mask_fallback == s.bgobj_mask_provider and s.bgobj_mask_provider != "none":
         raise BgObjConfigError("bgobj_mask_fallback must differ from bgobj_mask_provider.")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 class BgObjConfigError(ValueError):

@@ -45,14 +45,16 @@ def test_pack_round_trip_and_with_item():
 def test_bad_layouts_are_clear_errors():
     with pytest.raises(ValueError, match="5 unit groups for grids"):
         ImageLayout(((1, 2, 3),), torch.zeros(5, dtype=torch.int8))
-    with pytest.raises(ValueError, match="0 \\(background\\), 1 \\(object\\) or 2 \\(dropped\\)"):
-        ImageLayout(((1, 1, 2),), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="0 \\(background\\), 1 \\(object\\), 2 \\(dropped background\\) or 3"):
+        ImageLayout(((1, 1, 2),), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="a plain layout has no object group"):
+        ImageLayout(((1, 1, 2),), torch.tensor([0, 1]), separated=False)
     with pytest.raises(ValueError, match="sizes >= 1"):
         ImageLayout(((1, 0, 2),), torch.zeros(0))
     with pytest.raises(ValueError, match="0 = background, 1 = object"):
         ImageLayout.from_labels([(1, 1, 2)], torch.tensor([0.5, 1.0]))
     with pytest.raises(ValueError, match="not a packed ImageLayout"):
-        ImageLayout.unpack(torch.tensor([9, 1, 1, 1, 1, 0]))
+        ImageLayout.unpack(torch.tensor([9, 1, 1, 1, 1, 1, 0]))
 
 
 def test_spans_parse_and_respan():
@@ -69,12 +71,12 @@ def test_spans_parse_and_respan():
 
 def test_positions_of_a_two_slice_item_keep_stock_coordinates():
     """t > 1: every token at (s + slice, s + row, s + col); [BG_END] where stock text after the item starts."""
-    from lf_ext.families.qwen.positions import separated_positions
+    from lf_ext.families.qwen.positions import layout_positions
 
     layout = ImageLayout(((2, 2, 3),), torch.tensor([0, 0, 1, 0, 0, 0, 2, 1, 0, 0, 2, 0]))
     n_bg, n_obj = layout.n_background(0), layout.n_object(0)
     ids = torch.tensor([[5, IDS.bg_start] + [7] * n_bg + [IDS.bg_end, IDS.obj_start] + [7] * n_obj + [IDS.obj_end, 6]])
-    positions, deltas = separated_positions(ids, layout, IDS)
+    positions, deltas = layout_positions(ids, layout, IDS)
     s = 2  # the position after [BG_START]
     expected = [(t, r, c) for group in (0, 1) for t in range(2) for r in range(2) for c in range(3)
                 if int(layout.item_groups(0)[t, r, c]) == group]  # fmt: skip

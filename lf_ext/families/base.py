@@ -105,7 +105,10 @@ class BgObjFamily:
         """Raise a clear error when a loaded model uses a setting this family cannot reproduce exactly."""
 
     def separator_tokens(self, model) -> SeparatorIds:
-        return SeparatorIds.of(self.spec(model)["separator_ids"], self.image_token_id(model.config))
+        """The separators' and the visual token's ids; a model without the bgobj spec has no separators
+        (-1: plain layouts only)."""
+        spec = self.spec(model)
+        return SeparatorIds.of(spec["separator_ids"] if spec else [-1] * 4, self.image_token_id(model.config))
 
     def modules_owner(self, model: nn.Module) -> nn.Module:
         """The module that holds ``bgobj`` (created by the ``init_targets`` patch)."""

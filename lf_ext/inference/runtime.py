@@ -36,6 +36,7 @@ from lf_ext.layout import LAYOUT_KEY, ImageLayout
 from lf_ext.log import get_logger
 from lf_ext.patching import wrap
 from lf_ext.plugins.image_labels import REQUEST_KEY
+from lf_ext.selection import PatchSelection
 
 MIB = 1 << 20
 _RUNTIMES: "weakref.WeakKeyDictionary[nn.Module, BgObjRuntime]" = weakref.WeakKeyDictionary()
@@ -138,7 +139,8 @@ def install_runtime(model: nn.Module, family: BgObjFamily, settings: Settings, m
         key = model_key(model, pixels.fingerprint())  # every weight, after adapters were merged
         get_logger().info("background cache: model key %s (every weight hashed in %.0f ms), policy %s", key,
                           (time.perf_counter() - started) * 1000, keys.bgobj_cache_policy)  # fmt: skip
-        reuse = BackgroundReuse(model, family, cache_from_settings(keys, key), pixels, refine=keys.bgobj_cache_refine, key=key)
+        reuse = BackgroundReuse(model, family, cache_from_settings(keys, key), pixels, refine=keys.bgobj_cache_refine, key=key,
+                                selection=PatchSelection.from_settings(keys))  # fmt: skip
     return attach_runtime(model, BgObjRuntime(model, family, reuse))
 
 

@@ -1,4 +1,5 @@
-"""Switch one loaded model instance to the separated layout (instance-level, no class edits).
+"""Switch one loaded model instance to layouts (instance-level, no class edits): the separated layout of a
+bgobj model, or the plain layout of a token budget on a stock model.
 
 - ``forward`` accepts ``bgobj_layout`` (declared, so ``generate`` passes it through): with pixels it
   builds the input embeddings itself (the family's separated encoding scattered at the visual
@@ -119,13 +120,15 @@ def _with_prefusion_cache(model: nn.Module):
 
 
 def attach_bgobj(model: nn.Module, family: BgObjFamily) -> None:
-    """Install the separated layout on a model instance of ``family`` with a ``bgobj`` spec (idempotent)."""
+    """Install layouts on a model instance of ``family`` (idempotent): with a ``bgobj`` spec the separated
+    layout and its modules, without one (a token budget on a stock model) plain layouts only."""
     family.validate(model)
     if not wrap(model, "forward", _layout_forward(model, family), tag="bgobj_layout"):
         return
-    spec = family.spec(model)
+    spec = family.spec(model) or {}
     tokens = family.separator_tokens(model)
-    model.get_input_embeddings().register_forward_hook(_separator_hook(model, family, tokens))
+    if spec:
+        model.get_input_embeddings().register_forward_hook(_separator_hook(model, family, tokens))
     if spec.get("prefusion_layers"):
         language_model = family.language_model(model)
         family.modules(model).prefusion.share_attention_config(language_model.config)

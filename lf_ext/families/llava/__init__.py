@@ -78,7 +78,7 @@ class LlavaFamily(BgObjFamily):
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout, groups=TOKEN_GROUPS) -> torch.Tensor:
         inner = inner_model(model)
-        if self.spec(model).get("split_projector"):
+        if (self.spec(model) or {}).get("split_projector"):
             modules = self.modules(model)
             projector = lambda features, is_object: modules("project", features, is_object)  # noqa: E731  (via PEFT wrappers)
         else:

@@ -74,14 +74,14 @@ class Qwen2VLFamily(BgObjFamily):
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout, groups=TOKEN_GROUPS) -> torch.Tensor:
         visual = inner_model(model).visual
         projector = None
-        if self.spec(model).get("split_projector"):
+        if (self.spec(model) or {}).get("split_projector"):
             modules = self.modules(model)
             projector = lambda hidden, is_object: modules("project", hidden, is_object)  # noqa: E731  (via PEFT wrappers)
         return encode_units(visual, pixel_values, layout, groups, projector)
 
     def positions(self, model: nn.Module, input_ids: torch.Tensor, layout: ImageLayout,
                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        return rope.separated_positions(input_ids, layout, self.separator_tokens(model), attention_mask)[0]
+        return rope.layout_positions(input_ids, layout, self.separator_tokens(model), attention_mask)[0]
 
     def stock_features(self, model: nn.Module, mm_inputs: dict) -> torch.Tensor:
         visual = inner_model(model).visual
