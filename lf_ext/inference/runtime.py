@@ -30,6 +30,7 @@ from lf_ext.cache import BackgroundCache
 from lf_ext.cache.policy import VerificationPolicy
 from lf_ext.config import Settings
 from lf_ext.families import BgObjFamily
+from lf_ext.inference.metrics import observe_outcome, with_first_token_clock
 from lf_ext.inference.model_key import model_key
 from lf_ext.inference.reuse import BackgroundReuse, Outcome
 from lf_ext.layout import LAYOUT_KEY, ImageLayout
@@ -109,14 +110,17 @@ class BgObjRuntime:
             if inputs is None:
                 inputs = kwargs.pop("input_ids", None)
             requests = kwargs.pop(REQUEST_KEY, None)
+            kwargs = with_first_token_clock(kwargs)  # TTFT from here
             layout = ImageLayout.coerce(kwargs.get(LAYOUT_KEY))
             if not self._served(inputs, kwargs, layout):
                 self._record(requests, None)
+                observe_outcome(None)
                 return stock_generate(inputs=inputs, **kwargs)
             prefilled = self.reuse.prefill(inputs, kwargs.pop("pixel_values"), layout, upto=inputs.shape[1] - 1)
             for name in ("mm_token_type_ids", "attention_mask", "image_grid_thw", "position_ids", LAYOUT_KEY):
                 kwargs.pop(name, None)
             self._record(requests, prefilled.outcome)
+            observe_outcome(prefilled.outcome)
             _log(prefilled.outcome, self.cache.stats())
             ids = prefilled.input_ids
             return stock_generate(inputs=ids, attention_mask=torch.ones_like(ids), past_key_values=prefilled.past_key_values,
@@ -156,6 +160,11 @@ def _current_runtime_generate(model: nn.Module, stock_generate):
         return _RUNTIMES[model].wrap_generate(stock_generate)(*args, **kwargs)
 
     return generate
+
+
+def live_runtimes() -> list[BgObjRuntime]:
+    """The runtimes of every loaded bgobj model of this process."""
+    return list(_RUNTIMES.values())
 
 
 def runtime_of(model: nn.Module) -> BgObjRuntime | None:
