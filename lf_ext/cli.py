@@ -134,6 +134,26 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from lf_ext.config import split_bgobj_args
+    from lf_ext.eval.harness import run_eval
+
+    rest, keys = split_bgobj_args(extra)
+    if rest:
+        raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
+    other = {}
+    for item in args.arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arg takes KEY=VALUE (a LLaMA-Factory argument), got '{item}'")
+        other[key] = value
+    run_eval(args.task, args.dataset_dir, args.dataset, args.model, args.template, args.json, plot=args.plot,
+             configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()), stock_model=args.stock_model,
+             order=args.order, limit=args.limit, bgobj_keys=keys, image_max_pixels=args.image_max_pixels,
+             max_new_tokens=args.max_new_tokens, infer_dtype=args.infer_dtype, extra_args=other)  # fmt: skip
+    return 0
+
+
 def _cmd_yolo_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -282,6 +302,29 @@ def build_parser() -> argparse.ArgumentParser:
     from lf_ext.eval.convert.cli import add_parser as add_data_parser
 
     add_data_parser(sub)
+
+    from lf_ext.eval.harness import CONFIGS, ORDERS
+    from lf_ext.eval.metrics import GROUPS
+
+    evaluate = sub.add_parser("eval", help="answer a converted benchmark with stock, bgobj and bgobj+cache: metric, "
+                                            "intervals, per-component time")  # fmt: skip
+    evaluate.add_argument("task", choices=sorted(GROUPS), help="the benchmark's metric (exact: any short-answer dataset)")
+    evaluate.add_argument("--dataset-dir", required=True, help="LLaMA-Factory dataset folder (dataset_info.json)")
+    evaluate.add_argument("--dataset", required=True, help="dataset name in dataset_info.json")
+    evaluate.add_argument("--model", required=True, help="the bgobj model (folder)")
+    evaluate.add_argument("--template", required=True, help="its bgobj template, e.g. qwen2_vl_bgobj, llava_bgobj")
+    evaluate.add_argument("--stock-model", default=None, help="the model for the stock configuration (default: --model)")
+    evaluate.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    evaluate.add_argument("--order", default="stream", choices=ORDERS,
+                          help="stream: samples sharing a screen/camera/image together (realistic reuse)")
+    evaluate.add_argument("--limit", type=int, default=None, help="at most this many samples")
+    evaluate.add_argument("--json", required=True)
+    evaluate.add_argument("--plot", default=None, help="PNG: accuracy vs mean TTFT per configuration")
+    evaluate.add_argument("--image-max-pixels", type=int, default=50176)
+    evaluate.add_argument("--max-new-tokens", type=int, default=32)
+    evaluate.add_argument("--infer-dtype", default="auto", help="auto, float16, bfloat16 or float32 (CPU: float32)")
+    evaluate.add_argument("--arg", action="append", metavar="KEY=VALUE", help="another LLaMA-Factory argument, repeatable")
+    evaluate.set_defaults(func=_cmd_eval, takes_bgobj=True)
 
     demo = sub.add_parser("demo", help="stock vs bgobj stages on the scenes, through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")

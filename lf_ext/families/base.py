@@ -142,8 +142,12 @@ class BgObjFamily:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ forward
-    def vision_dtype(self, model: nn.Module) -> torch.dtype:
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        """The stock vision encoder module (what the stock path calls; its forward hooks time it)."""
         raise NotImplementedError
+
+    def vision_dtype(self, model: nn.Module) -> torch.dtype:
+        return self.vision_tower(model).dtype
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout,
                groups: Sequence[Group] = TOKEN_GROUPS) -> torch.Tensor:  # fmt: skip

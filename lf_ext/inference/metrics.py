@@ -4,10 +4,10 @@ One registry per process (:data:`REGISTRY`), separate from ``prometheus_client``
 
 - ``lf_ext_http_requests_total{path,status}``: requests the api answered;
 - ``lf_ext_generations_total{outcome}``: generations by what the background cache did
-  (``hit``, ``miss``, ``rejection``; ``stock``: not served by the cache, e.g. text only or a video);
+  (``hit``, ``miss``, ``rejection``; ``uncached``: not served by the cache, e.g. text only, a video, cache off);
 - ``lf_ext_ttft_seconds``: from ``generate`` being called to the first token existing;
-- ``lf_ext_component_seconds{component}``: ``mask`` (the mask provider, per image), ``lookup``,
-  ``vision`` and ``prefill`` (per served generation);
+- ``lf_ext_component_seconds{component}``: ``mask`` (the mask provider, per image), ``vision`` (every
+  separated encoding), ``lookup`` and ``prefill`` (per generation the cache served);
 - ``lf_ext_cache_*``: the counters and sizes of every loaded model's background cache
   (:meth:`~lf_ext.cache.BackgroundCache.stats`: lookups, hits, misses, rejections, evictions,
   disk-tier counters; entries and bytes as gauges), read at scrape time, labelled by model key.
@@ -35,13 +35,28 @@ COMPONENTS = ("mask", "lookup", "vision", "prefill")
 GAUGES = {"entries", "bytes", "max_bytes", "disk_entries", "disk_bytes", "hit_rate"}
 
 
+_LISTENERS: list = []  # callables (component, seconds), e.g. lf-ext eval's per-request timer
+
+
 def observe_component(component: str, seconds: float) -> None:
     COMPONENT.labels(component=component).observe(seconds)
+    for listener in list(_LISTENERS):
+        listener(component, seconds)
+
+
+def add_listener(listener) -> None:
+    """Also send every component time to ``listener(component, seconds)``."""
+    _LISTENERS.append(listener)
+
+
+def remove_listener(listener) -> None:
+    if listener in _LISTENERS:
+        _LISTENERS.remove(listener)
 
 
 def observe_outcome(outcome) -> None:
-    """Count one generation (``outcome``: a :class:`~lf_ext.inference.reuse.Outcome`, None = stock)."""
-    GENERATIONS.labels(outcome="stock" if outcome is None else outcome.kind).inc()
+    """Count one generation (``outcome``: a :class:`~lf_ext.inference.reuse.Outcome`, None = not served by the cache)."""
+    GENERATIONS.labels(outcome="uncached" if outcome is None else outcome.kind).inc()
     if outcome is not None:
         for component in ("lookup", "vision", "prefill"):
             if component in outcome.ms:
@@ -49,23 +64,25 @@ def observe_outcome(outcome) -> None:
 
 
 class FirstTokenClock(StoppingCriteria):
-    """A stopping criterion that never stops and records the TTFT on its first call (a token exists)."""
+    """A stopping criterion that never stops; on its first call (a token exists) it calls
+    ``on_first(seconds since it was made)``, by default observing the TTFT histogram."""
 
-    def __init__(self):
+    def __init__(self, on_first=None):
         self.started = time.perf_counter()
+        self.on_first = on_first or TTFT.observe
         self.done = False
 
     def __call__(self, input_ids, scores, **kwargs):
         if not self.done:
             self.done = True
-            TTFT.observe(time.perf_counter() - self.started)
+            self.on_first(time.perf_counter() - self.started)
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-def with_first_token_clock(kwargs: dict) -> dict:
+def with_first_token_clock(kwargs: dict, on_first=None) -> dict:
     """``generate`` kwargs with a :class:`FirstTokenClock` added to any stopping criteria."""
     criteria = StoppingCriteriaList(kwargs.get("stopping_criteria") or [])
-    criteria.append(FirstTokenClock())
+    criteria.append(FirstTokenClock(on_first))
     return {**kwargs, "stopping_criteria": criteria}
 
 

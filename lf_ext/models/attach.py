@@ -15,12 +15,14 @@ bgobj model, or the plain layout of a token budget on a stock model.
 from __future__ import annotations
 
 import inspect
+import time
 from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from lf_ext.families import BgObjFamily
+from lf_ext.inference.metrics import observe_component
 from lf_ext.layout import LAYOUT_KEY, ImageLayout, SeparatorIds
 from lf_ext.models.modules import init_separators_from
 from lf_ext.models.prefusion import BgObjCache, prefusion_cache_of
@@ -58,7 +60,9 @@ def _layout_forward(model: nn.Module, family: BgObjFamily):
                 raise ValueError("a separated layout needs input_ids (not inputs_embeds)")
             if kwargs.get("pixel_values_videos") is not None:
                 raise ValueError(f"{family.template}: a batch mixing videos with separated images is not supported")
+            started = time.perf_counter()
             embeds = embed_layout(model, family, input_ids, kwargs.pop("pixel_values"), layout)
+            observe_component("vision", time.perf_counter() - started)
             if kwargs.get("position_ids") is None:
                 kwargs["position_ids"] = family.positions(model, input_ids, layout, kwargs.get("attention_mask"))
             return stock_forward(input_ids=None, inputs_embeds=embeds, **kwargs)

@@ -73,8 +73,8 @@ class LlavaFamily(BgObjFamily):
         return LlavaPixelUnits.from_image_processor(image_processor)
 
     # forward -----------------------------------------------------------------------------------
-    def vision_dtype(self, model: nn.Module) -> torch.dtype:
-        return inner_model(model).vision_tower.dtype
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return inner_model(model).vision_tower
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout, groups=TOKEN_GROUPS) -> torch.Tensor:
         inner = inner_model(model)

@@ -68,8 +68,8 @@ class Qwen2VLFamily(BgObjFamily):
         return QwenPixelUnits.from_image_processor(image_processor)
 
     # forward -----------------------------------------------------------------------------------
-    def vision_dtype(self, model: nn.Module) -> torch.dtype:
-        return inner_model(model).visual.dtype
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return inner_model(model).visual
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout, groups=TOKEN_GROUPS) -> torch.Tensor:
         visual = inner_model(model).visual
