@@ -126,12 +126,12 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
 def _cmd_yolo_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lf_ext.masks.yolo_train import train_yolo
+    from lf_ext.masks.yolo_train import train_from_args
 
     scenes = Path(args.scenes)
     if not (scenes / "scenes_train.json").exists():
         raise ValueError(f"{scenes} holds no scenes (run `lf-ext scenes --out {scenes}` first)")
-    weights = train_yolo(scenes, args.out, epochs=args.epochs, imgsz=args.imgsz, seed=args.seed)
+    weights = train_from_args(args)
     print(f"trained YOLO segmenter: {weights}\nuse it with bgobj_mask_provider: yolo, bgobj_yolo_weights: {weights}")
     return 0
 
@@ -151,6 +151,7 @@ def _bgobj_archs() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lf_ext.masks.yolo_train import add_train_arguments as add_yolo_train_arguments
     from lf_ext.tiny import ARCH_NAMES, SHAPES
 
     parser = argparse.ArgumentParser(prog="lf-ext", description="lf_ext tools for LLaMA-Factory VLMs")
@@ -196,9 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     yolo = sub.add_parser("yolo-train", help="train a small YOLO segmenter on the scenes (CPU, offline)")
     yolo.add_argument("--scenes", required=True, help="a folder written by `lf-ext scenes`")
     yolo.add_argument("--out", required=True)
-    yolo.add_argument("--epochs", type=int, default=30)
-    yolo.add_argument("--imgsz", type=int, default=320)
-    yolo.add_argument("--seed", type=int, default=0)
+    add_yolo_train_arguments(yolo)  # train_yolo's own defaults: one source of truth
     yolo.set_defaults(func=_cmd_yolo_train)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write JSON").add_subparsers(
