@@ -70,7 +70,8 @@ class UnitLabeler:
 
     def masker(self) -> ObjectMasker:
         if self._masker is None:
-            self._masker = ObjectMasker.from_settings(self.settings.keys, lf_args=self.settings.lf_args)
+            self._masker = ObjectMasker.from_settings(self.settings.keys, training=self.settings.training,
+                                                      lf_args=self.settings.lf_args)  # fmt: skip
         return self._masker
 
     def labels(self, image: Image.Image, source: str | None, grid: TokenGrid) -> np.ndarray:
