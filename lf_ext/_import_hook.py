@@ -15,7 +15,10 @@ PATCHES = {
     "llamafactory.model.adapter": "lf_ext.patches.loader:patch_adapter",
     "transformers.models.qwen2_vl.modeling_qwen2_vl": "lf_ext.patches.model_init:patch_model_classes",
     "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "lf_ext.patches.model_init:patch_model_classes",
+    "llamafactory.webui.components.train": "lf_ext.patches.board:patch_train_tab",
 }
+# patched when something imports them, but not imported by lf_ext.register() (they pull in gradio)
+LAZY_PREFIXES = ("llamafactory.webui.",)
 
 
 def _run_patch(module) -> None:

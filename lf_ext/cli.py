@@ -1,4 +1,4 @@
-"""The ``lf-ext`` command line: ``config``, ``tiny``, ``scenes`` and ``demo``."""
+"""The ``lf-ext`` command line: ``config``, ``tiny``, ``scenes``, masks, benchmarks, ``webui`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -136,6 +136,13 @@ def _cmd_yolo_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_webui(args: argparse.Namespace) -> int:
+    from lf_ext.webui import run_webui
+
+    run_webui(host=args.host, port=args.port, share=args.share, open_browser=args.open)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from lf_ext.demo import run_demo
 
@@ -259,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_cache.add_argument("--json", required=True)
     bench_cache.add_argument("--entries", type=int, default=10000)
     bench_cache.set_defaults(func=_cmd_bench)
+
+    webui = sub.add_parser("webui", help="LlamaBoard with this environment's llamafactory-cli and CPU-safe defaults")
+    webui.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    webui.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free one)")
+    webui.add_argument("--share", action="store_true", help="also open a public gradio share link")
+    webui.add_argument("--open", action="store_true", help="open a browser tab")
+    webui.set_defaults(func=_cmd_webui)
 
     demo = sub.add_parser("demo", help="stock vs bgobj stages on the scenes, through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")
