@@ -145,7 +145,7 @@ def wait_for_log(log: Path, pattern: str, count: int = 1, timeout: float = 120) 
 
 
 def screenshot(page, path: Path, below: str | None = None) -> None:
-    """A full-page PNG without notification toasts; with ``below``, cut 900 px under that field."""
+    """A full-page PNG without notification toasts; with ``below``, cut 450 px under that field."""
     from playwright.sync_api import expect
 
     for close in page.locator(".toast-close").all():
@@ -154,8 +154,8 @@ def screenshot(page, path: Path, below: str | None = None) -> None:
     expect(page.locator(".toast-close")).to_have_count(0)
     clip = None
     if below:
-        box = field(page, below).bounding_box()
-        clip = {"x": 0, "y": 0, "width": page.viewport_size["width"], "height": box["y"] + 900}
+        top = field(page, below).bounding_box()["y"] + page.evaluate("() => window.scrollY")  # page coordinates
+        clip = {"x": 0, "y": 0, "width": page.viewport_size["width"], "height": top + 450}
     page.screenshot(path=str(path), full_page=True, clip=clip)
 
 
