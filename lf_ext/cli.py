@@ -1,4 +1,4 @@
-"""The ``lf-ext`` command line: ``config``, ``tiny``, ``scenes`` and ``demo``."""
+"""The ``lf-ext`` command line: ``config``, ``tiny``, ``scenes``, masks, benchmarks, ``webui`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -157,13 +157,20 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_yolo_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lf_ext.masks.yolo_train import train_yolo
+    from lf_ext.masks.yolo_train import train_from_args
 
     scenes = Path(args.scenes)
     if not (scenes / "scenes_train.json").exists():
         raise ValueError(f"{scenes} holds no scenes (run `lf-ext scenes --out {scenes}` first)")
-    weights = train_yolo(scenes, args.out, epochs=args.epochs, imgsz=args.imgsz, seed=args.seed)
+    weights = train_from_args(args)
     print(f"trained YOLO segmenter: {weights}\nuse it with bgobj_mask_provider: yolo, bgobj_yolo_weights: {weights}")
+    return 0
+
+
+def _cmd_webui(args: argparse.Namespace) -> int:
+    from lf_ext.webui import run_webui
+
+    run_webui(host=args.host, port=args.port, share=args.share, open_browser=args.open)
     return 0
 
 
@@ -182,6 +189,7 @@ def _bgobj_archs() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lf_ext.masks.yolo_train import add_train_arguments as add_yolo_train_arguments
     from lf_ext.tiny import ARCH_NAMES, SHAPES
 
     parser = argparse.ArgumentParser(prog="lf-ext", description="lf_ext tools for LLaMA-Factory VLMs")
@@ -232,9 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     yolo = sub.add_parser("yolo-train", help="train a small YOLO segmenter on the scenes (CPU, offline)")
     yolo.add_argument("--scenes", required=True, help="a folder written by `lf-ext scenes`")
     yolo.add_argument("--out", required=True)
-    yolo.add_argument("--epochs", type=int, default=30)
-    yolo.add_argument("--imgsz", type=int, default=320)
-    yolo.add_argument("--seed", type=int, default=0)
+    add_yolo_train_arguments(yolo)  # train_yolo's own defaults: one source of truth
     yolo.set_defaults(func=_cmd_yolo_train)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write JSON").add_subparsers(
@@ -325,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--infer-dtype", default="auto", help="auto, float16, bfloat16 or float32 (CPU: float32)")
     evaluate.add_argument("--arg", action="append", metavar="KEY=VALUE", help="another LLaMA-Factory argument, repeatable")
     evaluate.set_defaults(func=_cmd_eval, takes_bgobj=True)
+
+    webui = sub.add_parser("webui", help="LlamaBoard with this environment's llamafactory-cli and CPU-safe defaults")
+    webui.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    webui.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free one)")
+    webui.add_argument("--share", action="store_true", help="also open a public gradio share link")
+    webui.add_argument("--open", action="store_true", help="open a browser tab")
+    webui.set_defaults(func=_cmd_webui)
 
     demo = sub.add_parser("demo", help="stock vs bgobj stages on the scenes, through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")

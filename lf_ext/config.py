@@ -34,9 +34,10 @@ class BgObjArguments:
     # masks: which provider, and how its mask becomes one label per token unit
     bgobj_mask_provider: str = _key("none", "Mask provider that splits each image into background and object; "
                                     "'none' keeps every visual token in the background group.", _mask_provider_names)
-    bgobj_mask_fallback: str = _key("none", "What to do when the provider has no mask for an image (e.g. dataset "
-                                    "masks missing): another provider's name, or 'error'.",
-                                    lambda: _mask_provider_names() + ["error"])
+    bgobj_mask_fallback: str = _key("auto", "What to do when the provider has no mask for an image (dataset masks "
+                                    "missing, an upload in chat): another provider's name, 'error', or 'auto': 'none' "
+                                    "when training, 'entropy' in chat/api/webchat/LlamaBoard's chat.",
+                                    lambda: _mask_provider_names() + ["error", "auto"])
     bgobj_mask_margin: int = _key(0, "Grow the object region by this many pixels (at the processor's geometry).")
     bgobj_unit_coverage: float = _key(0.0, "A token unit is object when more than this fraction of its pixels "
                                       "are object (0: any object pixel).")

@@ -121,6 +121,16 @@ class BgObjFamily:
         """The projector inside the ``modules_owner`` (what split projectors copy)."""
         raise NotImplementedError
 
+    def new_projector(self, owner: nn.Module) -> nn.Module:
+        """A newly constructed module of the projector's class and shape (weights: initialised later).
+
+        Its own ``__init__`` runs, so DeepSpeed ZeRO-3's ``zero.Init`` partitions it; the default deep copy
+        is only right without ZeRO-3, so families override it.
+        """
+        import copy
+
+        return copy.deepcopy(self.projector_of(owner))
+
     def language_model(self, model: nn.Module) -> nn.Module:
         return inner_model(model).language_model
 

@@ -82,7 +82,7 @@ class UnitLabeler:
 
     def masker(self) -> ObjectMasker:
         if self._masker is None:
-            self._masker = ObjectMasker.from_settings(self.settings.keys, fallback_on_errors=not self.settings.training,
+            self._masker = ObjectMasker.from_settings(self.settings.keys, training=self.settings.training,
                                                       lf_args=self.settings.lf_args)  # fmt: skip
         return self._masker
 

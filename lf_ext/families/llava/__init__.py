@@ -49,6 +49,10 @@ class LlavaFamily(BgObjFamily):
     def projector_of(self, owner: nn.Module) -> nn.Module:
         return owner.multi_modal_projector
 
+    def new_projector(self, owner: nn.Module) -> nn.Module:
+        """A fresh ``LlavaMultiModalProjector(config)`` (partitioned by ZeRO-3's ``zero.Init`` like the rest)."""
+        return type(owner.multi_modal_projector)(owner.config)
+
     def validate(self, model: nn.Module) -> None:
         check_tower(inner_model(model).vision_tower, model.config.vision_feature_select_strategy)
 

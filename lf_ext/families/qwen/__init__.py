@@ -49,6 +49,13 @@ class Qwen2VLFamily(BgObjFamily):
     def projector_of(self, owner: nn.Module) -> nn.Module:
         return owner.merger
 
+    def new_projector(self, owner: nn.Module) -> nn.Module:
+        """``PatchMerger`` / ``Qwen2_5_VLPatchMerger(dim, context_dim, spatial_merge_size)`` of the merger's shape
+        (read from plain attributes, which ZeRO-3 partitioning leaves alone)."""
+        merger, merge = owner.merger, owner.config.spatial_merge_size
+        return type(merger)(dim=merger.mlp[-1].out_features, context_dim=merger.hidden_size // merge**2,
+                            spatial_merge_size=merge)  # fmt: skip
+
     # pixels ------------------------------------------------------------------------------------
     def token_grid(self, width: int, height: int, processor):
         ip = processor.image_processor
