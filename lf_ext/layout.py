@@ -28,7 +28,7 @@ import torch
 BG_START, BG_END, OBJ_START, OBJ_END = "[BG_START]", "[BG_END]", "[OBJ_START]", "[OBJ_END]"
 SEPARATORS = (BG_START, BG_END, OBJ_START, OBJ_END)
 LAYOUT_KEY = "bgobj_layout"
-PACK_VERSION = 2
+PACK_VERSION = 3
 
 Grid = tuple[int, int, int]  # (slices, rows, cols) in token units
 
@@ -70,6 +70,24 @@ def has_separators(tokenizer) -> bool:
     return all(token in vocab for token in SEPARATORS)
 
 
+def static_background(first: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    """Groups ``(slices, rows, cols)`` of a clip whose background is encoded once, from its first slice.
+
+    ``first``: the first slice's groups ``(rows, cols)`` (its split, and any token budget); ``changed``:
+    bool ``(slices, rows, cols)``, True where a unit is object in that slice or its pixels moved away
+    from the first slice's. A background unit gets no token in a later slice (DROPPED: its first-slice
+    token stands for it) unless it changed there (OBJECT, a token of that slice); object units keep
+    their first-slice group in every slice. Tokens: |B| + Σ_t |O_t|."""
+    first = torch.as_tensor(first, dtype=torch.int8)
+    changed = torch.as_tensor(changed, dtype=torch.bool)
+    if changed.shape[1:] != first.shape:
+        raise ValueError(f"changed units {tuple(changed.shape)} do not match the first slice {tuple(first.shape)}")
+    background = (first == int(Group.BACKGROUND)) | (first == int(Group.DROPPED))
+    later = torch.where(background, torch.where(changed, int(Group.OBJECT), int(Group.DROPPED)), first).to(torch.int8)
+    later[0] = first
+    return later
+
+
 def separated_placeholder(n_background: int, n_object: int, image_token: str) -> str:
     """Token text for one item's visual tokens in the separated layout."""
     return f"{BG_START}{image_token * n_background}{BG_END}{OBJ_START}{image_token * n_object}{OBJ_END}"
@@ -85,11 +103,16 @@ class ImageLayout:
             in ``(slice, row, col)`` row-major order (kept on the CPU).
         separated: the ``[BG_START] … [OBJ_END]`` layout; False: plain (stock template, every unit a
             background member, only the kept ones get tokens).
+        slice_seconds: per item, the whole seconds one temporal slice of a video spans (transformers
+            truncates ``second_per_grid_ts`` to an integer too), -1 for an image; None: every item an
+            image. The family turns it into the temporal position step (Qwen2.5-VL:
+            ``tokens_per_second * seconds``; Qwen2-VL: 1).
     """
 
     grids: tuple[Grid, ...]
     groups: torch.Tensor
     separated: bool = True
+    slice_seconds: tuple[int, ...] | None = None
 
     def __post_init__(self):
         grids = tuple(tuple(int(v) for v in grid) for grid in self.grids)
@@ -105,18 +128,23 @@ class ImageLayout:
             raise ValueError("layout groups must be 0 (background), 1 (object), 2 (dropped background) or 3 (dropped object)")
         if not self.separated and bool(torch.isin(groups, torch.tensor(OBJECT_MEMBERS, dtype=groups.dtype)).any()):
             raise ValueError("a plain layout has no object group")
+        seconds = tuple(int(v) for v in self.slice_seconds) if self.slice_seconds is not None else (-1,) * len(grids)
+        if len(seconds) != len(grids) or any(v < -1 for v in seconds):
+            raise ValueError(f"layout slice_seconds must be one integer >= -1 per item, got {self.slice_seconds} for {len(grids)} items")
         object.__setattr__(self, "grids", grids)
         object.__setattr__(self, "groups", groups.to(torch.int8).contiguous())
+        object.__setattr__(self, "slice_seconds", seconds)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_labels(cls, grids: Iterable[Sequence[int]], object_labels: torch.Tensor, separated: bool = True) -> "ImageLayout":
+    def from_labels(cls, grids: Iterable[Sequence[int]], object_labels: torch.Tensor, separated: bool = True,
+                    slice_seconds: Sequence[int] | None = None) -> "ImageLayout":  # fmt: skip
         """From one object label per unit (bool, or integers 0/1), no unit dropped."""
         labels = torch.as_tensor(object_labels).detach().reshape(-1).cpu()
         if labels.dtype != torch.bool:
             if labels.is_floating_point() or not bool(((labels == 0) | (labels == 1)).all()):
                 raise ValueError("object labels must be bool or integers in {0, 1} (0 = background, 1 = object)")
-        return cls(tuple(tuple(g) for g in grids), labels.to(torch.int8), separated)
+        return cls(tuple(tuple(g) for g in grids), labels.to(torch.int8), separated, slice_seconds)
 
     @classmethod
     def concat(cls, layouts: Iterable["ImageLayout"], separated: bool = True) -> "ImageLayout":
@@ -125,7 +153,7 @@ class ImageLayout:
             raise ValueError("cannot mix separated and plain layouts")
         grids = tuple(grid for layout in layouts for grid in layout.grids)
         groups = torch.cat([layout.groups for layout in layouts]) if layouts else torch.zeros(0, dtype=torch.int8)
-        return cls(grids, groups, separated)
+        return cls(grids, groups, separated, tuple(v for layout in layouts for v in layout.slice_seconds))
 
     @classmethod
     def coerce(cls, value) -> "ImageLayout | None":
@@ -138,6 +166,9 @@ class ImageLayout:
     def __len__(self) -> int:
         return len(self.grids)
 
+    def is_video(self, item: int) -> bool:
+        return self.slice_seconds[item] >= 0
+
     @property
     def sizes(self) -> list[int]:
         """Units per item."""
@@ -148,7 +179,7 @@ class ImageLayout:
         return sum(self.sizes[:item])
 
     def item(self, item: int) -> "ImageLayout":
-        return ImageLayout((self.grids[item],), self.item_groups(item).reshape(-1), self.separated)
+        return ImageLayout((self.grids[item],), self.item_groups(item).reshape(-1), self.separated, (self.slice_seconds[item],))
 
     def items(self) -> list["ImageLayout"]:
         return [self.item(i) for i in range(len(self))]
@@ -195,7 +226,7 @@ class ImageLayout:
         start = self.offset(item)
         new = self.groups.clone()
         new[start : start + self.sizes[item]] = torch.as_tensor(groups).reshape(-1).to(torch.int8)
-        return ImageLayout(self.grids, new, self.separated)
+        return ImageLayout(self.grids, new, self.separated, self.slice_seconds)
 
     def with_kept(self, item: int, kept: torch.Tensor) -> "ImageLayout":
         """The same layout with one item's units kept where ``kept`` (its grid's shape) is True, dropped
@@ -206,8 +237,9 @@ class ImageLayout:
 
     # ------------------------------------------------------------------ transport
     def pack(self) -> torch.Tensor:
-        """One int64 tensor: ``[version, separated, items, (slices, rows, cols) per item..., groups...]``."""
-        header = [PACK_VERSION, int(self.separated), len(self.grids)] + [v for grid in self.grids for v in grid]
+        """One int64 tensor: ``[version, separated, items, (slices, rows, cols, slice seconds) per item..., groups...]``."""
+        header = [PACK_VERSION, int(self.separated), len(self.grids)]
+        header += [v for grid, step in zip(self.grids, self.slice_seconds) for v in (*grid, step)]
         return torch.cat([torch.tensor(header, dtype=torch.long), self.groups.long()])
 
     @classmethod
@@ -216,8 +248,8 @@ class ImageLayout:
         if values.numel() < 3 or int(values[0]) != PACK_VERSION:
             raise ValueError(f"{LAYOUT_KEY} is not a packed ImageLayout (version {PACK_VERSION})")
         separated, items = bool(values[1]), int(values[2])
-        header = values[3 : 3 + 3 * items].view(items, 3).tolist() if items else []
-        return cls(tuple(tuple(g) for g in header), values[3 + 3 * items :], separated)
+        header = values[3 : 3 + 4 * items].view(items, 4).tolist() if items else []
+        return cls(tuple(tuple(g[:3]) for g in header), values[3 + 4 * items :], separated, tuple(g[3] for g in header))
 
 
 @dataclass(frozen=True)

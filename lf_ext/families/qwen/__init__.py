@@ -88,7 +88,12 @@ class Qwen2VLFamily(BgObjFamily):
 
     def positions(self, model: nn.Module, input_ids: torch.Tensor, layout: ImageLayout,
                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        return rope.layout_positions(input_ids, layout, self.separator_tokens(model), attention_mask)[0]
+        return rope.layout_positions(input_ids, layout, self.separator_tokens(model), attention_mask,
+                                     self.tokens_per_second(model.config))[0]  # fmt: skip
+
+    def tokens_per_second(self, config) -> int | None:
+        """The temporal position scale of videos (None: a step of 1 per slice, as Qwen2-VL)."""
+        return None
 
     def stock_features(self, model: nn.Module, mm_inputs: dict) -> torch.Tensor:
         visual = inner_model(model).visual
@@ -103,7 +108,7 @@ class Qwen2VLFamily(BgObjFamily):
         inner = inner_model(model)
         stock = inner.get_rope_index
         if not isinstance(stock, functools.partial):
-            inner.get_rope_index = functools.partial(rope.separated_rope_index, stock, tokens)
+            inner.get_rope_index = functools.partial(rope.separated_rope_index, stock, tokens, self.tokens_per_second(model.config))
 
     def prefusion_positions(self, position_ids, hidden: torch.Tensor, past_length: int):
         return rope.prefusion_positions(position_ids, hidden, past_length)
@@ -116,6 +121,9 @@ class Qwen25VLFamily(Qwen2VLFamily):
     name = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     init_targets = {"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "Qwen2_5_VisionTransformerPretrainedModel"}
+
+    def tokens_per_second(self, config) -> int | None:
+        return int(config.vision_config.tokens_per_second)
 
 
 QWEN2_VL = Qwen2VLFamily()
