@@ -48,7 +48,8 @@ class BgObjArguments:
     bgobj_entropy_threshold: float = _key(0.0, "entropy: if > 0, units above this entropy (bits) are object "
                                           "instead of the top alpha fraction.")
     # reference provider
-    bgobj_reference_image: str = _key("", "reference: the background plate image (a record's 'plate' wins).")
+    bgobj_reference_image: str = _key("", "reference: the background plate image (a record's 'plate' wins); for "
+                                      "video clips also 'median': the clip's own per-pixel temporal median.")
     bgobj_reference_threshold: float = _key(12.0, "reference: mean absolute RGB difference (0-255) above which "
                                             "a pixel is object.")
     # yolo provider
@@ -131,7 +132,7 @@ def _check_ranges(s: "BgObjArguments") -> None:
     if "yolo" in uses and not Path(s.bgobj_yolo_weights).is_file():
         raise BgObjConfigError(f"the yolo mask provider needs bgobj_yolo_weights, a local checkpoint file; "
                                f"not found: {s.bgobj_yolo_weights!r}.")
-    if s.bgobj_reference_image and not Path(s.bgobj_reference_image).is_file():
+    if s.bgobj_reference_image not in ("", "median") and not Path(s.bgobj_reference_image).is_file():
         raise BgObjConfigError(f"bgobj_reference_image not found: {s.bgobj_reference_image!r}.")
     if s.bgobj_mask_dir and not Path(s.bgobj_mask_dir).is_dir():
         raise BgObjConfigError(f"bgobj_mask_dir not found: {s.bgobj_mask_dir!r}.")

@@ -68,6 +68,17 @@ def record_images(record: Mapping[str, Any], base_dir: str | Path) -> list[str]:
     return [media_path(image, base_dir) if isinstance(image, str) else image for image in record.get("images") or []]
 
 
+def record_videos(record: Mapping[str, Any], base_dir: str | Path) -> list:
+    """A normalised record's ``videos`` as LLaMA-Factory opens them: a file, or a list of frame files."""
+    return [[media_path(f, base_dir) for f in video] if isinstance(video, list) else media_path(video, base_dir)
+            for video in record.get("videos") or []]  # fmt: skip
+
+
+def video_key(video: Any) -> str:
+    """The path a video is known by: its file, or the first file of a frame list."""
+    return str(video[0]) if isinstance(video, (list, tuple)) and video else str(video)
+
+
 def _raw_records(path: Path) -> Iterator[dict]:
     if path.is_dir():
         for child in sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl")):
@@ -149,9 +160,10 @@ class RecordLocator:
             info = dataset_info(dataset_dir)
             for name, records in read_datasets(dataset_dir, dataset_names(self.lf_args)):
                 for number, record in enumerate(records):
-                    for image in record_images(record, dataset_dir):
-                        if isinstance(image, str):
-                            where.setdefault(path_key(image), f"dataset '{name}' record {number} ({info[name]['file_name']})")
+                    media = record_images(record, dataset_dir) + [video_key(v) for v in record_videos(record, dataset_dir)]
+                    for path in media:
+                        if isinstance(path, str):
+                            where.setdefault(path_key(path), f"dataset '{name}' record {number} ({info[name]['file_name']})")
         except (OSError, ValueError):
             pass  # no readable dataset: messages just lack the record
         return where

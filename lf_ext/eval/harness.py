@@ -25,7 +25,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from lf_ext.eval.datasets import media_path, read_records, record_images
+from lf_ext.eval.datasets import read_records, record_images, record_videos
 from lf_ext.eval.metrics import GROUPS, METRICS, aggregate, score
 from lf_ext.eval.stats import accuracy_row, mcnemar, paired_bootstrap
 
@@ -62,12 +62,6 @@ def prompt_of(record: dict) -> list[dict]:
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("the record's conversation must end with a user turn (and its answer)")
     return messages
-
-
-def record_videos(record: dict, base_dir: str | Path) -> list:
-    """Videos as LLaMA-Factory opens them: a file, or a list of frame files."""
-    return [[media_path(f, base_dir) for f in video] if isinstance(video, list) else media_path(video, base_dir)
-            for video in record.get("videos") or []]  # fmt: skip
 
 
 def default_mask_keys(records: Sequence[dict], keys: dict[str, Any]) -> dict[str, Any]:

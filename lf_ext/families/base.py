@@ -148,6 +148,23 @@ class BgObjFamily:
         """(slices, rows, cols) per image of a processor output."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ videos (families that take them)
+    def video_token_grid(self, width: int, height: int, processor):
+        """The :class:`~lf_ext.masks.geometry.TokenGrid` of one sampled, resized video frame."""
+        raise self._no_video()
+
+    def video_pixel_units(self, processor) -> PixelUnits:
+        raise self._no_video()
+
+    def clip_image_inputs(self, mm_inputs: dict, processor) -> tuple[dict, list[tuple[int, int, int]]]:
+        """The stock video inputs as image inputs (the tower treats both alike) and each clip's unit grid."""
+        raise self._no_video()
+
+    def _no_video(self):
+        from lf_ext.plugins.clip_labels import VideoError
+
+        return VideoError(f"{self.template} has no video input (the {self.name} family takes images only)")
+
     def pixel_units(self, image_processor) -> PixelUnits:
         raise NotImplementedError
 

@@ -44,7 +44,7 @@ from lf_ext.cache import BackgroundCache
 from lf_ext.families import BgObjFamily
 from lf_ext.families.base import PixelUnits
 from lf_ext.inference.model_key import model_key
-from lf_ext.layout import Group, ImageLayout, Span, check_spans, find_spans, respan
+from lf_ext.layout import Group, ImageLayout, Span, check_spans, find_spans, respan, static_background
 from lf_ext.models.attach import scatter_features
 from lf_ext.models.prefusion import BgObjCache
 from lf_ext.selection import PatchSelection
@@ -109,9 +109,9 @@ class BackgroundReuse:
 
     # ------------------------------------------------------------------ public
     def eligible(self, input_ids: torch.Tensor, layout: ImageLayout | None) -> bool:
-        """One sequence with exactly one single-slice separated item (the only case the cache serves)."""
+        """One sequence with exactly one separated item, an image or a clip (the only case the cache serves)."""
         return (layout is not None and input_ids.dim() == 2 and input_ids.shape[0] == 1 and len(layout) == 1
-                and layout.grids[0][0] == 1 and int((input_ids == self.tokens.bg_start).sum()) == 1)  # fmt: skip
+                and int((input_ids == self.tokens.bg_start).sum()) == 1)  # fmt: skip
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, layout: ImageLayout,
@@ -124,7 +124,7 @@ class BackgroundReuse:
         upto = input_ids.shape[1] if upto is None else upto
         if upto <= span.obj_end:
             raise ValueError("the prefill must reach past [OBJ_END] (the split may change on a hit)")
-        labels = layout.object_labels(0)[0].numpy()  # (rows, cols) bool: object members
+        labels = layout.object_labels(0)[0].numpy()  # (rows, cols) bool: object members (a clip: of its first slice)
         groups = layout.item_groups(0).reshape(-1)  # the request's own split and token budget
         ms: dict[str, float] = {}
         hit, kind, units, key, refined = None, "miss", None, None, False
@@ -138,10 +138,10 @@ class BackgroundReuse:
                 background = self._refined_background(key, units, labels)
                 if background is not None and bool((~background != labels).any()):
                     refined, labels = True, ~background
-                    groups = self._selected(units, labels)
+                    groups = self._over_slices(self._selected(units, labels, layout), layout)
             ms["lookup"] = clock()
         if hit is not None:
-            labels, groups = hit.object_labels, self._hit_groups(hit, units)
+            labels, groups = hit.object_labels, self._over_slices(self._hit_groups(hit, units, layout), layout)
         used = layout.with_item(0, groups)
         ids = respan(input_ids, span, used.n_background(0), used.n_object(0), self.tokens)
         new_span = self._span(ids, used)
@@ -184,7 +184,7 @@ class BackgroundReuse:
         embeds = self._embed(ids[:, :upto], features)
         self._llm(embeds[:, :end], positions[..., :end], cache)
         payload = self._payload(cache, features[: layout.n_background(0)])
-        payload[UNIT_GROUPS] = layout.item_groups(0).reshape(-1).clone()
+        payload[UNIT_GROUPS] = layout.item_groups(0)[0].reshape(-1).clone()  # the split (a clip: its first slice)
         hidden = self._llm(embeds[:, end:], positions[..., end:upto], cache)
         logits = self.model.lm_head(hidden[:, -1]).float()
         ms["prefill"] = clock()
@@ -202,21 +202,31 @@ class BackgroundReuse:
             check_spans(spans, layout)
         return spans[0]
 
-    def _selected(self, units: np.ndarray, object_members: np.ndarray) -> torch.Tensor:
-        """Groups of a split computed from the request's pixels: members, with the token budget applied."""
+    def _selected(self, units: np.ndarray, object_members: np.ndarray, layout: ImageLayout) -> torch.Tensor:
+        """Groups of a split computed from the request's pixels: members, with the token budget applied
+        (to images: clips take no token budget)."""
         members = torch.from_numpy(np.asarray(object_members).reshape(-1)).to(torch.int8)
-        if not self.selection.enabled:
+        if not self.selection.enabled or layout.is_video(0):
             return members
         kept = torch.from_numpy(self.selection.select_grid(units, object_members).reshape(-1))
         return torch.where(kept, members, members + int(Group.DROPPED))
 
-    def _hit_groups(self, hit, units: np.ndarray) -> torch.Tensor:
+    @staticmethod
+    def _over_slices(first: torch.Tensor, layout: ImageLayout) -> torch.Tensor:
+        """A split of the first slice, over all of the request's slices (a clip keeps the units that changed in
+        its later slices, :func:`~lf_ext.layout.static_background`); an image's groups unchanged."""
+        slices, rows, cols = layout.grids[0]
+        if slices == 1:
+            return first
+        return static_background(first.view(rows, cols), layout.object_labels(0)).reshape(-1)
+
+    def _hit_groups(self, hit, units: np.ndarray, layout: ImageLayout) -> torch.Tensor:
         """A hit's groups: the entry's background units as cached (kept or dropped), the rest object units of
         the request, with the token budget applied to them from the request's pixels."""
         background = torch.from_numpy(hit.background.reshape(-1))
         cached = hit.payload.get(UNIT_GROUPS)
         groups = cached.to(torch.int8).clone() if cached is not None else torch.zeros_like(background, dtype=torch.int8)
-        object_groups = self._selected(units, hit.object_labels)
+        object_groups = self._selected(units, hit.object_labels, layout)
         groups[~background] = object_groups[~background]
         return groups
 

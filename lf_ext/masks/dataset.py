@@ -13,13 +13,14 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from lf_ext.eval.datasets import dataset_names, path_key, read_datasets, record_images
+from lf_ext.eval.datasets import dataset_names, path_key, read_datasets, record_images, record_videos, video_key
 from lf_ext.masks.base import MaskError, MaskRequest, MissingMaskError
 from lf_ext.masks.registry import register_mask_provider
 from lf_ext.masks.spec import MaskQuality, render_spec
 
 INDEX_FILE = "index.json"
 SPEC_FIELDS = {"masks": "mask", "boxes": "boxes", "polygons": "polygons"}
+VIDEO_MASKS = "video_masks"  # parallel to ``videos``: a mask video, a folder of per-frame PNGs, or a list of frame masks
 
 
 class MaskIndex:
@@ -64,6 +65,7 @@ class MaskIndex:
     def extend(self, records: Iterable[Mapping[str, Any]], base_dir: str | Path, name: str = "") -> None:
         for number, record in enumerate(records):
             where = f"dataset '{name}' record {number}" if name else f"record {number}"
+            self._add_video_masks(record, base_dir, where)
             images = record_images(record, base_dir)
             for field, kind in SPEC_FIELDS.items():
                 values = record.get(field)
@@ -75,6 +77,19 @@ class MaskIndex:
                     if value is None:
                         continue
                     self.add(image, kind, str(Path(base_dir) / value) if kind == "mask" else value, where)
+
+    def _add_video_masks(self, record: Mapping[str, Any], base_dir: str | Path, where: str) -> None:
+        values = record.get(VIDEO_MASKS)
+        if values is None:
+            return
+        videos = record_videos(record, base_dir)
+        if len(values) != len(videos):
+            raise MaskError(f"{where}: '{VIDEO_MASKS}' has {len(values)} entries for {len(videos)} videos")
+        for video, value in zip(videos, values):
+            if value is None:
+                continue
+            resolved = [_in_dir(v, base_dir) for v in value] if isinstance(value, list) else _in_dir(value, base_dir)
+            self.specs[path_key(video_key(video))] = {"video_mask": resolved}
 
     @classmethod
     def from_dir(cls, mask_dir: str | Path) -> "MaskIndex":
@@ -92,6 +107,12 @@ class MaskIndex:
         for name, records in read_datasets(dataset_dir, names):
             merged.extend(records, dataset_dir, name)
         return merged
+
+
+def _in_dir(path: str, base_dir: str | Path) -> str:
+    """A mask file or folder inside ``base_dir`` when it is there (as LLaMA-Factory resolves media)."""
+    joined = Path(base_dir) / path
+    return str(joined) if joined.exists() else path
 
 
 @register_mask_provider("dataset")

@@ -45,7 +45,8 @@ class ReferenceMaskProvider:
 
     @classmethod
     def from_settings(cls, settings, **context) -> "ReferenceMaskProvider":
-        return cls(settings.bgobj_reference_image or None, settings.bgobj_reference_threshold)
+        plate = settings.bgobj_reference_image
+        return cls(plate if plate not in ("", "median") else None, settings.bgobj_reference_threshold)  # median: clips only
 
     def _plate_at_geometry(self, request: MaskRequest) -> np.ndarray:
         """The reference, opened and resized like the image; cached per (plate, geometry)."""

@@ -8,7 +8,8 @@ from typing import Any, Callable
 import numpy as np
 
 MASK_PROVIDERS: dict[str, type] = {}
-BUILTIN_MODULES = ("lf_ext.masks.dataset", "lf_ext.masks.entropy", "lf_ext.masks.reference", "lf_ext.masks.yolo")
+BUILTIN_MODULES = ("lf_ext.masks.dataset", "lf_ext.masks.entropy", "lf_ext.masks.motion", "lf_ext.masks.reference",
+                   "lf_ext.masks.yolo")
 
 
 def register_mask_provider(name: str) -> Callable[[type], type]:

@@ -74,6 +74,23 @@ class Qwen2VLFamily(BgObjFamily):
     def pixel_units(self, image_processor) -> QwenPixelUnits:
         return QwenPixelUnits.from_image_processor(image_processor)
 
+    def video_token_grid(self, width: int, height: int, processor):
+        """A frame LLaMA-Factory already resized (``video_max_pixels``): only the video processor's ``smart_resize``."""
+        vp = processor.video_processor
+        return qwen2_vl_grid(width, height, image_max_pixels=width * height, image_min_pixels=0,
+                             min_pixels=vp.size["shortest_edge"], max_pixels=vp.size["longest_edge"],
+                             patch_size=vp.patch_size, merge_size=vp.merge_size)  # fmt: skip
+
+    def video_pixel_units(self, processor) -> QwenPixelUnits:
+        return QwenPixelUnits.from_image_processor(processor.video_processor)
+
+    def clip_image_inputs(self, mm_inputs: dict, processor) -> tuple[dict, list[tuple[int, int, int]]]:
+        merge = processor.video_processor.merge_size
+        grid_thw = mm_inputs["video_grid_thw"]
+        inputs = {k: v for k, v in mm_inputs.items() if k not in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")}
+        inputs.update(pixel_values=mm_inputs["pixel_values_videos"], image_grid_thw=grid_thw)
+        return inputs, [(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()]
+
     # forward -----------------------------------------------------------------------------------
     def vision_tower(self, model: nn.Module) -> nn.Module:
         return inner_model(model).visual

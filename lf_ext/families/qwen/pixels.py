@@ -52,18 +52,27 @@ class QwenPixelUnits(PixelUnits):
 
     def units(self, pixel_values: torch.Tensor, layout: ImageLayout, item: int) -> np.ndarray:
         """``(slices, rows, cols, u, u, 3)`` uint8 of one item (the first frame of each temporal slice)."""
+        return self._frames(pixel_values, layout, item, first_only=True)
+
+    def frame_units(self, pixel_values: torch.Tensor, layout: ImageLayout, item: int) -> np.ndarray:
+        """``(slices * temporal, rows, cols, u, u, 3)`` uint8: every frame of one item, in order (a clip's
+        frames as the model sees them)."""
+        return self._frames(pixel_values, layout, item, first_only=False)
+
+    def _frames(self, pixel_values: torch.Tensor, layout: ImageLayout, item: int, first_only: bool) -> np.ndarray:
         m, p, t = self.merge, self.patch, self.temporal
         slices, rows, cols = layout.grids[item]
         block = self.item_pixels(pixel_values, layout, item).detach()
         if block.shape[0] != slices * rows * cols * m * m or block.shape[1] != 3 * t * p * p:
             raise ValueError(f"pixel_values block {tuple(block.shape)} does not hold a {slices}x{rows}x{cols}-unit item "
                              f"of {m}x{m} patches with {3 * t * p * p} values each")  # fmt: skip
-        scale = torch.tensor(self.std).view(1, 3, 1, 1) / self.rescale
-        offset = torch.tensor(self.mean).view(1, 3, 1, 1) / self.rescale
-        first = block.reshape(-1, 3, t, p, p)[:, :, 0].float()  # first temporal copy: (patches, 3, p, p)
-        values = torch.addcmul(offset, first, scale).round_().clamp_(0, 255).to(torch.uint8)  # quantise, then move bytes
-        units = values.view(slices, rows, cols, m, m, 3, p, p).permute(0, 1, 2, 3, 6, 4, 7, 5)
-        return units.reshape(slices, rows, cols, m * p, m * p, 3).numpy()
+        scale = torch.tensor(self.std).view(1, 3, 1, 1, 1) / self.rescale
+        offset = torch.tensor(self.mean).view(1, 3, 1, 1, 1) / self.rescale
+        frames = block.reshape(-1, 3, t, p, p)[:, :, :1 if first_only else t].float()  # (patches, 3, frames, p, p)
+        values = torch.addcmul(offset, frames, scale).round_().clamp_(0, 255).to(torch.uint8)  # quantise, then move bytes
+        f = values.shape[2]
+        units = values.view(slices, rows, cols, m, m, 3, f, p, p).permute(0, 6, 1, 2, 3, 7, 4, 8, 5)
+        return units.reshape(slices * f, rows, cols, m * p, m * p, 3).numpy()
 
     def replace(self, pixel_values: torch.Tensor, layout: ImageLayout, item: int, donor: torch.Tensor,
                 where: torch.Tensor) -> torch.Tensor:  # fmt: skip
