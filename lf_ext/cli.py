@@ -25,6 +25,13 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
 def _cmd_scenes(args: argparse.Namespace) -> int:
     from lf_ext.scenes import generate_scenes
 
+    if args.video:
+        from lf_ext.scenes.video import generate_video_scenes
+
+        summary = generate_video_scenes(args.out, num_cameras=args.backgrounds, clips_per_camera=args.images_per_background,
+                                        frames=args.frames, image_size=(args.size, args.size), fps=args.fps, seed=args.seed)  # fmt: skip
+        print(f"wrote video scenes to {args.out}: {summary}")
+        return 0
     summary = generate_scenes(
         args.out,
         num_backgrounds=args.backgrounds,
@@ -211,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
     scenes.add_argument("--images-per-background", type=int, default=8)
     scenes.add_argument("--size", type=int, default=448, help="image side in pixels")
     scenes.add_argument("--seed", type=int, default=0)
+    scenes.add_argument("--video", action="store_true",
+                        help="fixed-camera mp4 clips with per-frame masks instead (backgrounds = cameras, "
+                             "images-per-background = clips per camera)")
+    scenes.add_argument("--frames", type=int, default=16, help="--video: frames per clip")
+    scenes.add_argument("--fps", type=int, default=2, help="--video: frames per second (LLaMA-Factory samples video_fps 2.0)")
     scenes.set_defaults(func=_cmd_scenes)
 
     show = sub.add_parser("show-mask", help="draw image, mask, resized image, resized mask and token-unit labels")

@@ -80,11 +80,12 @@ def write_yaml(path: Path, values: dict) -> Path:
 
 def train_yaml(model: Path, scenes: Path, output_dir: Path, template: str, **extra) -> dict:
     """A minimal full-SFT recipe on the scenes that trains a tiny model in seconds on CPU."""
-    return dict(
+    values = dict(
         model_name_or_path=model, template=template, stage="sft", do_train=True, finetuning_type="full",
         freeze_vision_tower=False, freeze_multi_modal_projector=False, dataset="scenes_train", dataset_dir=scenes,
         cutoff_len=1024, image_max_pixels=12544, max_samples=16, preprocessing_num_workers=1,
         dataloader_num_workers=0, overwrite_cache=True, output_dir=output_dir, overwrite_output_dir=True,
         save_strategy="no", logging_steps=1, report_to="none", per_device_train_batch_size=2, max_steps=3,
-        learning_rate=1.0e-3, seed=0, **extra,
+        learning_rate=1.0e-3, seed=0,
     )  # fmt: skip
+    return values | extra

@@ -11,6 +11,14 @@
 It is LLaMA-Factory's ``ChatModel`` (same arguments as ``llamafactory-cli chat``, ``bgobj_*`` keys
 included) with the background cache that loading a bgobj model installs. ``ask`` is thread-safe:
 each answer carries its own request's outcome.
+
+:class:`VideoStream` does the same for clips (a video file, or a list of frames), e.g. a sliding
+window over a fixed camera's recording: each clip whose first slice matches a cached background
+encodes and prefills only the units that move::
+
+    stream = VideoStream({"model_name_or_path": "saves/merged", "template": "qwen2_vl_bgobj",
+                          "bgobj_mask_provider": "motion", "video_fps": 2.0})
+    answer = stream.ask("clips/cam0_0001.mp4", "What appears?")
 """
 
 from __future__ import annotations
@@ -71,3 +79,16 @@ class FrameStream:
     def stats(self) -> dict:
         """Cache totals: lookups, hits, misses, rejections, entries, bytes, ..."""
         return self.runtime.stats()
+
+
+class VideoStream(FrameStream):
+    """A stream of (clip, question) requests against one bgobj model (see the module docstring)."""
+
+    def ask(self, clip: Any, question: str, **generating_args: Any) -> FrameAnswer:
+        """Answer ``question`` about ``clip``: a video file or a list of frames (paths or PIL images)."""
+        request = self.runtime.new_request()
+        start = time.perf_counter()
+        frames = [str(f) if isinstance(f, Path) else f for f in clip] if isinstance(clip, (list, tuple)) else str(clip)
+        messages = [{"role": "user", "content": question}]
+        responses = self.chat_model.chat(messages, videos=[{"path": frames, REQUEST_KEY: request}], **generating_args)
+        return FrameAnswer(responses[0].response_text, self.runtime.take_outcome(request), time.perf_counter() - start)

@@ -3,7 +3,8 @@
 Errors: 4xx with a JSON ``detail``, never a 500.
 
 - an image payload that does not decode (bad base64, bytes that are no image, an unreachable URL)
-  is **400**, naming the problem;
+  is **400**, naming the problem; so is a video that cannot be read or laid out (no frames, a clip
+  mixing images and videos in the separated layout);
 - an image the configured mask provider cannot split is **422** when ``bgobj_mask_fallback: error``
   (with a fallback provider the request is answered with the fallback's mask, logged). Streaming
   requests are checked before the stream starts, so they get the same status codes.
@@ -21,6 +22,7 @@ import binascii
 from types import ModuleType
 
 from lf_ext.masks.base import MaskError
+from lf_ext.plugins.clip_labels import VideoError
 from lf_ext.patching import call_after, wrap
 
 BAD_PAYLOAD = (binascii.Error, OSError)  # base64 errors; PIL's UnidentifiedImageError and decode errors are OSErrors
@@ -44,12 +46,18 @@ def _checking_payloads(original):
     return _process_request
 
 
+def _as_http_error(err: MaskError):
+    if isinstance(err, VideoError):
+        return _http_error(400, f"bad video: {err}")
+    return _http_error(422, f"the image cannot be split into background and object: {err}")
+
+
 def _mask_error_is_422(original):
     async def create_chat_completion_response(request, chat_model):
         try:
             return await original(request, chat_model)
         except MaskError as err:
-            raise _http_error(422, f"the image cannot be split into background and object: {err}") from None
+            raise _as_http_error(err) from None
 
     return create_chat_completion_response
 
@@ -57,14 +65,14 @@ def _mask_error_is_422(original):
 def _checked_before_streaming(chat_module: ModuleType):
     def make(original):
         def create_stream_chat_completion_response(request, chat_model):
-            _, _, _, images, _, _ = chat_module._process_request(request.model_copy(deep=True))  # 400 before the stream
+            _, _, _, images, videos, _ = chat_module._process_request(request.model_copy(deep=True))  # 400 before the stream
             engine = getattr(chat_model, "engine", None)
             plugin = getattr(getattr(engine, "template", None), "mm_plugin", None)
-            if images and hasattr(plugin, "bind"):  # a bgobj plugin: split the images now (422 before the stream)
+            if (images or videos) and hasattr(plugin, "bind"):  # a bgobj plugin: split the media now (4xx before the stream)
                 try:
-                    plugin._get_mm_inputs(images, [], [], engine.processor)
+                    plugin._get_mm_inputs(images or [], videos or [], [], engine.processor)
                 except MaskError as err:
-                    raise _http_error(422, f"the image cannot be split into background and object: {err}") from None
+                    raise _as_http_error(err) from None
             return original(request, chat_model)
 
         return create_stream_chat_completion_response
