@@ -44,7 +44,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from lf_ext.cache.disk import CorruptEntryError, DiskRecord, DiskTier
+from lf_ext.cache.codec import CorruptEntryError, EntryRecord
+from lf_ext.cache.disk import DiskTier
 from lf_ext.cache.entry import (
     CacheEntry,
     CacheHit,
@@ -237,7 +238,7 @@ class BackgroundCache:
                 return hit, near, tried
         return None, near, tried
 
-    def _read(self, record: DiskRecord) -> CacheEntry | None:
+    def _read(self, record: EntryRecord) -> CacheEntry | None:
         """The entry of ``record``, or None (counted, and the file removed) if missing or corrupt."""
         try:
             return self._disk.read(record)
