@@ -120,7 +120,8 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
         from lf_ext.bench.replicas import run_bench_replicas
 
         run_bench_replicas(args.json, cameras=args.cameras, frames=args.frames, places=args.places, repeats=args.repeats,
-                           px=args.px, clients=args.clients, requests=args.requests, workdir=args.workdir)  # fmt: skip
+                           px=args.px, clients=args.clients, requests=args.requests, workdir=args.workdir,
+                           cache_mb=args.cache_mb)  # fmt: skip
     elif args.bench_command == "train":
         from lf_ext.bench.train import run_bench_train
 
@@ -274,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_rep.add_argument("--px", type=int, default=224, help="frame size in pixels")
     bench_rep.add_argument("--clients", type=int, default=8, help="load test: concurrent clients")
     bench_rep.add_argument("--requests", type=int, default=200, help="load test: requests per client")
+    bench_rep.add_argument("--cache-mb", type=float, default=8.0, help="bgobj_cache_max_mb of each replica")
     bench_rep.add_argument("--workdir", default="work/bench/replicas", help="tiny checkpoint, recipes and server logs")
     bench_rep.set_defaults(func=_cmd_bench)
 

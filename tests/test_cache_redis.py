@@ -72,6 +72,26 @@ def test_entry_inserted_by_one_replica_is_a_verified_hit_in_another(redis_server
     assert hit is None and kind == "rejection" and c.stats()["verifications"] == 1 and len(c) == 0
 
 
+def test_entry_promoted_by_a_concurrent_request_still_hits(redis_server, monkeypatch):
+    """Between a lookup's memory search and its Redis search, another request promotes the entry into
+    memory: the lookup still hits (it skips only the candidates it already tried)."""
+    a, b = replica(redis_server.url), replica(redis_server.url)
+    units = texture(15)
+    a.insert(KEY, units, object_labels(), payload_for(15))
+    records, concurrent = b.redis.records, []
+
+    def promoted_meanwhile(key):
+        if not concurrent:
+            concurrent.append(None)
+            concurrent[0] = b.lookup(KEY, units)  # the other request: a Redis hit, promoted
+        return records(key)
+
+    monkeypatch.setattr(b.redis, "records", promoted_meanwhile)
+    hit = b.lookup(KEY, units)
+    assert concurrent[0].source == "redis" and hit is not None and hit.source == "redis"
+    assert b.stats()["hits"] == 2 and len(b) == 1
+
+
 def test_keys_never_mix_across_namespaces_contexts_or_grids(redis_server):
     a = replica(redis_server.url)
     units, labels = texture(1), object_labels()

@@ -18,7 +18,9 @@ Phases (fresh replicas for each configuration; each phase with backgrounds no re
 - ``shared``: replicas on one redis-server, round-robin, the same stream as ``local``;
 - ``load``: ``clients`` concurrent clients x ``requests`` requests on the shared replicas (frames of the
   shared stream): errors, answers against cache-off answers (computed in-process with ``ChatModel``,
-  ``bgobj_cache: false``, the prompt built like the API's: image first, then text), RSS of each replica;
+  ``bgobj_cache: false``, the prompt built like the API's: image first, then text), RSS of each replica
+  sampled every half second. Each replica's memory tier (``cache_mb``) is smaller than the stream's
+  backgrounds, so it evicts and Redis serves what it dropped;
 - ``shared, outage``: redis-server is stopped after a third of the requests and restarted (empty) after
   two thirds: hits are lost, no request fails.
 
@@ -36,6 +38,7 @@ import re
 import statistics
 import threading
 import time
+from collections import Counter
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +56,7 @@ UNIT = 28  # Qwen2-VL: 28 px per visual token
 ENTROPY_THRESHOLD = 3.0  # bits: the backgrounds stay below ~2, random objects reach ~4.6
 OUTCOME = re.compile(r"background cache (hit|miss|rejection)(?: \((disk|redis)\))?[^:\n]*: ")
 REDIS_TOTALS = re.compile(r"redis: (\d+) hits, (\d+) errors, (\d+) skipped, ([\d.]+) MiB")
+MEMORY_TOTALS = re.compile(r"(\d+) entries, ([\d.]+) MiB")
 
 
 @dataclass(frozen=True)
@@ -147,10 +151,10 @@ class ReplicaSet:
         return [[(kind, source or "memory") for kind, source in OUTCOME.findall(replica.log_text()[mark:])]
                 for replica, mark in zip(self.replicas, marks)]  # fmt: skip
 
-    def redis_totals(self) -> list[dict | None]:
-        """Per replica, the Redis counters of its last logged request."""
-        found = [REDIS_TOTALS.findall(replica.log_text()) for replica in self.replicas]
-        return [dict(zip(("hits", "errors", "skipped", "mib"), map(float, f[-1]))) if f else None for f in found]
+    def totals(self, pattern: re.Pattern, names: tuple[str, ...]) -> list[dict | None]:
+        """Per replica, the totals ``pattern`` finds in its last logged request."""
+        found = [pattern.findall(replica.log_text()) for replica in self.replicas]
+        return [dict(zip(names, map(float, f[-1]))) if f else None for f in found]
 
     def rss_mb(self) -> list[float]:
         return [round(replica.rss_mb(), 1) for replica in self.replicas]
@@ -190,8 +194,12 @@ def _row(phase: str, routing: str, sent: list[dict]) -> dict:
 
 def _load(replicas: ReplicaSet, frames: list[Frame], expected: dict[bytes, str], clients: int, requests: int) -> dict:
     """``clients`` threads x ``requests`` requests, round-robin over the replicas; answers checked."""
-    counter, lock = itertools.count(), threading.Lock()
-    rss_before = replicas.rss_mb()
+    counter, lock, done = itertools.count(), threading.Lock(), threading.Event()
+    rss_before, samples, marks = replicas.rss_mb(), [], replicas.marks()
+
+    def sample() -> None:  # RSS of each replica every half second
+        while not done.wait(0.5):
+            samples.append([round(time.perf_counter() - start, 1), *replicas.rss_mb()])
 
     def client(worker: int) -> list[tuple[int, bool, float]]:
         out = []
@@ -204,14 +212,22 @@ def _load(replicas: ReplicaSet, frames: list[Frame], expected: dict[bytes, str],
         return out
 
     start = time.perf_counter()
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     with ThreadPoolExecutor(clients) as pool:
         results = [r for found in pool.map(client, range(clients)) for r in found]
     seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    time.sleep(0.5)  # the last log lines
+    served = Counter(f"{kind} ({source})" if kind == "hit" else kind for found in replicas.outcomes(marks) for kind, source in found)
     ms = [r[2] for r in results]
     return {"clients": clients, "requests": len(results), "errors": sum(r[0] != 200 for r in results),
             "answers_equal_cache_off": sum(r[1] for r in results), "seconds": seconds,
             "requests_per_s": len(results) / seconds, "p50_ms": _percentile(ms, 50), "p95_ms": _percentile(ms, 95),
-            "rss_mb_before": rss_before, "rss_mb_after": replicas.rss_mb()}  # fmt: skip
+            "rss_mb_before": rss_before, "rss_mb_after": replicas.rss_mb(), "rss_mb_samples": samples,
+            "rss_mb_max": [max(s[i + 1] for s in samples) for i in range(len(rss_before))] if samples else rss_before,
+            "memory_tier": replicas.totals(MEMORY_TOTALS, ("entries", "mib")), "outcomes": dict(served)}  # fmt: skip
 
 
 def _cache_off_answers(recipe: dict, frames: list[Frame]) -> dict[bytes, str]:
@@ -241,7 +257,7 @@ COLUMNS = [("phase", "{}"), ("routing", "{}"), ("requests", "{}"), ("errors", "{
 
 def run_bench_replicas(json_out: str | Path, cameras: int = 4, frames: int = 16, places: int = 8, repeats: int = 3,
                        px: int = 224, clients: int = 8, requests: int = 200, seed: int = 0,
-                       workdir: str | Path = "work/bench/replicas", cache_mb: float = 64.0) -> dict:  # fmt: skip
+                       workdir: str | Path = "work/bench/replicas", cache_mb: float = 8.0) -> dict:  # fmt: skip
     """Run every phase (see the module doc), print the table, write JSON."""
     from lf_ext.tiny.checkpoint import build_checkpoint
 
@@ -286,7 +302,7 @@ def run_bench_replicas(json_out: str | Path, cameras: int = 4, frames: int = 16,
             hooks = {third: redis_server.stop, 2 * third: redis_server.start}
             print("outage: redis-server stopped after a third of the stream, restarted after two thirds...", flush=True)
             phase("shared, outage", "round-robin", _stream(shared, outage_stream, round_robin, hooks))
-            result["redis_totals_after_outage"] = shared.redis_totals()
+            result["redis_totals_after_outage"] = shared.totals(REDIS_TOTALS, ("hits", "errors", "skipped", "mib"))
             result["redis_after_outage"] = _redis_usage(redis_server)
     local_rate, shared_rate = rows[0]["hit_rate"], rows[2]["hit_rate"]
     ratio = shared_rate / local_rate if local_rate else None
@@ -294,8 +310,10 @@ def run_bench_replicas(json_out: str | Path, cameras: int = 4, frames: int = 16,
     print_table(rows, COLUMNS)
     load = result["load"]
     print(f"load: {load['requests']} requests from {clients} clients in {load['seconds']:.0f} s, {load['errors']} errors, "
-          f"{load['answers_equal_cache_off']} answers equal cache-off; RSS MiB {load['rss_mb_start']} -> "
-          f"{load['rss_mb_before']} -> {load['rss_mb_after']}")  # fmt: skip
+          f"{load['answers_equal_cache_off']} answers equal cache-off; RSS MiB at start {load['rss_mb_start']}, before "
+          f"{load['rss_mb_before']}, max {load['rss_mb_max']}, after {load['rss_mb_after']}; memory tier "
+          f"{load['memory_tier']} (bound {cache_mb:g} MiB); outcomes {load['outcomes']}")  # fmt: skip
+    print(f"outage: replicas' Redis counters {result['redis_totals_after_outage']}")
     print(f"Redis after the shared stream: {result['redis_after_shared']}")
     print(f"hit rate shared / local (round-robin): {ratio:.2f}x (goal >= 1.8x)" if ratio else "no local hits")
     result.update({"benchmark": "replicas", "machine": dict(machine_info(), loadavg_start=load_start, loadavg_end=os.getloadavg()),

@@ -38,7 +38,7 @@ Redis tier (``redis``, :mod:`lf_ext.cache.redis_tier`): shared by every cache wi
 (replicas of one model). Inserts write through to it; a lookup that misses memory and disk asks its
 index for the group (context key, grid), ranks and verifies the candidates exactly as local ones (the
 verification always happens here, in the replica that serves) and promotes a hit to memory; the
-entry stays in Redis. Entries present locally are not fetched again. Redis faults (down, slow,
+entry stays in Redis. Candidates the local tiers already tried in the lookup are not fetched again. Redis faults (down, slow,
 corrupt bytes) are counted and the request is served locally. :meth:`clear` and :meth:`withheld`
 do not touch Redis, and refinement looks at memory entries only.
 """
@@ -130,10 +130,11 @@ class BackgroundCache:
         with self._lock:
             candidates, near = self._query(self._memory, key, fp, own_background)
         hit, tried = self._verify(self._choose(candidates, own_background), units, "memory")
+        seen = {entry.entry_id for entry in candidates}  # considered already: a lower tier skips them
         for search in self._lower_tiers:
             if hit is not None:
                 break
-            hit, tier_near, tier_tried = search(key, fp, units, own_background)
+            hit, tier_near, tier_tried = search(key, fp, units, own_background, seen)
             near, tried = near + tier_near, tried + tier_tried
         with self._lock:
             self._count_lookup(hit, near, tried)
@@ -251,21 +252,21 @@ class BackgroundCache:
                 return CacheHit(entry.entry_id, entry.background, entry.payload, distance, source), tried
         return None, len(candidates)
 
-    def _lookup_disk(self, key: IndexKey, fp: np.ndarray, units: np.ndarray, own_background: np.ndarray | None
-                     ) -> tuple[CacheHit | None, int, int]:  # fmt: skip
+    def _lookup_disk(self, key: IndexKey, fp: np.ndarray, units: np.ndarray, own_background: np.ndarray | None,
+                     seen: set[str]) -> tuple[CacheHit | None, int, int]:  # fmt: skip
         with self._lock:
             records, near = self._query(self._on_disk, key, fp, own_background)
+        seen.update(record.entry_id for record in records)
         return self._fetch_verified(records, near, units, own_background, self._read, "disk")
 
-    def _lookup_remote(self, key: IndexKey, fp: np.ndarray, units: np.ndarray, own_background: np.ndarray | None
-                       ) -> tuple[CacheHit | None, int, int]:  # fmt: skip
-        """Search the Redis index of the group; entries held locally were already considered."""
-        records = self._remote.records(key)
+    def _lookup_remote(self, key: IndexKey, fp: np.ndarray, units: np.ndarray, own_background: np.ndarray | None,
+                       seen: set[str]) -> tuple[CacheHit | None, int, int]:  # fmt: skip
+        """Search the Redis index of the group, but for the candidates the local tiers considered in this
+        lookup (an entry another request promoted meanwhile is not skipped)."""
         tier = Tier(self._memory.tolerance, self._memory.candidate_match)
-        with self._lock:
-            for record in records:
-                if record.entry_id not in self._memory and record.entry_id not in self._on_disk and self._fits(record):
-                    tier.add(record)
+        for record in self._remote.records(key):
+            if record.entry_id not in seen and self._fits(record):
+                tier.add(record)
         records, near = self._query(tier, key, fp, own_background)
         return self._fetch_verified(records, near, units, own_background, self._remote.fetch, "redis")
 
