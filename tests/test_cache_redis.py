@@ -12,10 +12,10 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_cache_store import KEY, assert_same_payload, object_labels, payload_for, probe_mask, texture
 
 from lf_ext.cache import BackgroundCache
-from lf_ext.cache.redis_tier import RedisConfig, RedisTier
-from test_cache_store import KEY, assert_same_payload, object_labels, payload_for, probe_mask, texture
+from lf_ext.cache.redis_tier import RedisConfig
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
                                 reason="redis-server is not installed (apt-get install redis-server; scripts/setup.sh does it as root)")  # fmt: skip
@@ -191,11 +191,12 @@ def test_corrupt_index_record_and_missing_blob_are_counted_misses(redis_server):
     entry_ids = [a.insert(KEY, texture(5 + i), object_labels(), payload_for(i)) for i in range(2)]
     client, group = redis_server.client(), a.redis.group_key((KEY, 12, 12, 4))
     client.hset(group, entry_ids[0], b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    client.hset(group, b"\xff\xfe", b"garbage")  # a field that is no entry id at all
     client.delete(a.redis.blob_key(entry_ids[1]))
     b = replica(redis_server.url)
     assert b.lookup(KEY, texture(5)) is None and b.lookup(KEY, texture(6)) is None
     stats = redis_stats(b)
-    assert (stats["redis_corrupt"], stats["redis_missing"], stats["redis_misses"]) == (1, 1, 2)
+    assert (stats["redis_corrupt"], stats["redis_missing"], stats["redis_misses"]) == (2, 1, 2)
     assert client.hlen(group) == 0 and client.zcard(LRU_KEY) == 0
 
 
@@ -276,6 +277,7 @@ def test_remote_hit_logits_equal_recompute(tiny_dir, tmp_path, redis_server):
     """Replica B serves a background that replica A computed: its logits equal a full forward of B's own
     image with the hit's layout (no cache involved)."""
     from bgobj_helpers import encode, load_for_inference, masked_dataset
+
     from lf_ext.families import family_of
     from lf_ext.inference.reuse import BackgroundReuse
     from lf_ext.layout import LAYOUT_KEY, ImageLayout

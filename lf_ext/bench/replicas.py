@@ -35,12 +35,11 @@ import itertools
 import json
 import os
 import re
-import statistics
 import threading
 import time
-from collections import Counter
 import urllib.error
 import urllib.request
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,7 +170,7 @@ def _stream(replicas: ReplicaSet, frames: list[Frame], route, hooks: dict | None
         if hooks and index in hooks:
             hooks[index]()
         target = route(index, frame)
-        status, text, ms = _post(replicas.replicas[target].url, frame, max_tokens=1)
+        status, _, ms = _post(replicas.replicas[target].url, frame, max_tokens=1)
         sent.append({"replica": target, "camera": frame.camera, "place": frame.place, "status": status, "ms": ms})
     time.sleep(0.5)  # the last log lines
     outcomes = [iter(found) for found in replicas.outcomes(marks)]

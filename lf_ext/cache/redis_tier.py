@@ -177,7 +177,7 @@ class RedisTier:
                 if (record.entry_id.encode(), record.key, record.namespace) != (entry_id, key, self.namespace):
                     raise CorruptEntryError("index record of another entry")
             except CorruptEntryError as err:
-                self._drop_corrupt(entry_id.decode(errors="replace"), group, "index", header, err)
+                self._drop_corrupt(entry_id, group, "index", header, err)
                 continue
             records.append(record)
         return records
@@ -239,10 +239,13 @@ class RedisTier:
     def _script(self, name: str, keys: list[str], *args):
         return self._scripts[name](keys=self._common + keys, args=[f"{self._base}:e:", *args])
 
-    def _drop_corrupt(self, entry_id: str, group: str, where: str, data: bytes, err: Exception) -> None:
-        get_logger().warning("background cache: dropping corrupt Redis entry %s (%s): %s", entry_id, where, err)
+    def _drop_corrupt(self, entry_id: str | bytes, group: str, where: str, data: bytes, err: Exception) -> None:
+        """Count and delete an entry whose bytes (``where``: "blob" or "index") failed their checks; the
+        raw id (any bytes an index field holds) is what the script deletes."""
+        name = entry_id.decode(errors="replace") if isinstance(entry_id, bytes) else entry_id
+        get_logger().warning("background cache: dropping corrupt Redis entry %s (%s): %s", name, where, err)
         self._count("redis_corrupt")
-        self._call(lambda: self._script("drop_if", [self.blob_key(entry_id), group], entry_id, where, _sha1(data)))
+        self._call(lambda: self._script("drop_if", [self.blob_key(name), group], entry_id, where, _sha1(data)))
 
     def _count(self, name: str) -> None:
         with self._lock:
