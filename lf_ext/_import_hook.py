@@ -18,7 +18,12 @@ PATCHES = {
     "transformers.models.qwen2_vl.modeling_qwen2_vl": "lf_ext.patches.model_init:patch_model_classes",
     "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "lf_ext.patches.model_init:patch_model_classes",
     "transformers.models.llava.modeling_llava": "lf_ext.patches.model_init:patch_model_classes",
+    "llamafactory.webui.components.train": "lf_ext.patches.board:patch_train_tab",
+    "deepspeed.comm": "lf_ext.patches.deepspeed_gloo:patch_comm",
 }
+# patched when something imports them, but not imported by lf_ext.register() (gradio is slow to import;
+# deepspeed is optional)
+LAZY_PREFIXES = ("llamafactory.webui.", "deepspeed.")
 
 
 def _run_patch(module) -> None:

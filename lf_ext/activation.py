@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from lf_ext._import_hook import PATCHES, install
+from lf_ext._import_hook import LAZY_PREFIXES, PATCHES, install
 
 
 def is_disabled() -> bool:
@@ -19,5 +19,7 @@ def register() -> bool:
         return False
     install()
     for name in PATCHES:
+        if name.startswith(LAZY_PREFIXES):
+            continue
         importlib.import_module(name)  # the hook patches it on first import; install() did the rest
     return True

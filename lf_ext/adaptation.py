@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from lf_ext.log import get_logger
+from lf_ext.progress import run_with_progress
 from lf_ext.recipes import recipe
 
 # default budget (steps): with 300/100 the tiny base model stays near the answer priors (27.8 % vs a 24.7 %
 # majority baseline on the scenes); 1500/500 learns more (36 %) and takes ~9 min on 2 idle cores
 BASE_STEPS, EXTRA_STEPS = 1500, 500
+CLI = ["llamafactory-cli"]  # the command the children run (tests put a fake one here)
 logger = get_logger()
 
 
@@ -34,15 +35,17 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_llamafactory(command: str, recipe: str | Path, overrides: dict[str, object], log_file: Path) -> None:
-    """Run ``llamafactory-cli COMMAND RECIPE key=value...``; on failure, show the log's tail."""
-    args = ["llamafactory-cli", command, str(recipe)] + [f"{k}={v}" for k, v in overrides.items()]
-    logger.info("running %s (log: %s)", " ".join(args[:3]), log_file)
-    with open(log_file, "w") as log:
-        proc = subprocess.run(args, env=cli_env(), stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = "".join(log_file.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"{' '.join(args)} failed (exit {proc.returncode}); log {log_file}:\n{tail}")
+def run_llamafactory(command: str, recipe: str | Path, overrides: dict[str, object], log_file: Path,
+                     desc: str = "") -> None:  # fmt: skip
+    """Run ``llamafactory-cli COMMAND RECIPE key=value...`` with its output in ``log_file``.
+
+    A ``train`` shows a progress bar read from ``output_dir/trainer_log.jsonl``; on failure the log's
+    path is printed and the RuntimeError holds its tail.
+    """
+    args = CLI + [command, str(recipe)] + [f"{k}={v}" for k, v in overrides.items()]
+    logger.info("running llamafactory-cli %s %s (log: %s)", command, recipe, log_file)
+    output_dir = overrides.get("output_dir") if command == "train" else None
+    run_with_progress(args, log_file, env=cli_env(), output_dir=output_dir, desc=desc)
 
 
 def read_losses(output_dir: Path) -> list[float]:
@@ -54,7 +57,7 @@ def train_stage(work: Path, name: str, recipe_name: str, steps: int, **overrides
     """``llamafactory-cli train yaml/tiny/RECIPE`` for ``steps`` steps into ``work/name``."""
     out = work / name
     overrides = dict(overrides, output_dir=out, max_steps=steps, logging_steps=max(1, min(10, steps // 4)))
-    run_llamafactory("train", recipe(f"tiny/{recipe_name}"), overrides, work / f"{name}.log")
+    run_llamafactory("train", recipe(f"tiny/{recipe_name}"), overrides, work / f"{name}.log", desc=name)
     return out, read_losses(out)
 
 

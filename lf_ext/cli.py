@@ -1,4 +1,4 @@
-"""The ``lf-ext`` command line: ``config``, ``tiny``, ``scenes`` and ``demo``."""
+"""The ``lf-ext`` command line: ``config``, ``tiny``, ``scenes``, masks, benchmarks, ``webui`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,7 @@ def _masker_from(extra: list[str], provider: str | None):
 
 
 def _cmd_show_mask(args: argparse.Namespace, extra: list[str]) -> int:
+    import numpy as np
 
     from lf_ext.masks.geometry import grid_for_arch
     from lf_ext.masks.reference import open_image
@@ -60,9 +61,19 @@ def _cmd_show_mask(args: argparse.Namespace, extra: list[str]) -> int:
     grid = grid_for_arch(args.arch, *image.size, image_max_pixels=args.image_max_pixels)
     record = {k: v for k, v in (("mask", args.mask), ("plate", args.plate)) if v}
     mask, labels = masker.mask_and_labels(image, grid, source=str(args.image), record=record)
-    title = f"{args.image}  arch={args.arch}  provider={masker.provider_name}"
-    five_panels(image, mask, labels, grid, title).save(args.out)
-    print(f"wrote {args.out}: {labels.sum()} object units of {labels.size} ({grid.shape[0]}x{grid.shape[1]})")
+    kept = None
+    if args.patch_selection != "none":
+        from lf_ext.selection import PatchSelection
+
+        selection = PatchSelection(args.patch_selection, args.patch_alpha, tuple(float(t) for t in args.patch_thresholds.split(",")))
+        resized = np.asarray(grid.to_geometry(image))
+        rows, cols, unit = *grid.shape, grid.unit
+        units = resized[: rows * unit, : cols * unit].reshape(rows, unit, cols, unit, 3).transpose(0, 2, 1, 3, 4)
+        kept = selection.select_grid(units, labels)
+    title = f"{args.image}  arch={args.arch}  provider={masker.provider_name}  patch selection={args.patch_selection}"
+    five_panels(image, mask, labels, grid, title, kept).save(args.out)
+    summary = "" if kept is None else f", {int(kept.sum())} units kept by {args.patch_selection}"
+    print(f"wrote {args.out}: {labels.sum()} object units of {labels.size} ({grid.shape[0]}x{grid.shape[1]}){summary}")
     return 0
 
 
@@ -129,16 +140,43 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
+    from lf_ext.config import split_bgobj_args
+    from lf_ext.eval.harness import run_eval
+
+    rest, keys = split_bgobj_args(extra)
+    if rest:
+        raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
+    other = {}
+    for item in args.arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arg takes KEY=VALUE (a LLaMA-Factory argument), got '{item}'")
+        other[key] = value
+    run_eval(args.task, args.dataset_dir, args.dataset, args.model, args.template, args.json, plot=args.plot,
+             configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()), stock_model=args.stock_model,
+             order=args.order, limit=args.limit, bgobj_keys=keys, image_max_pixels=args.image_max_pixels,
+             max_new_tokens=args.max_new_tokens, infer_dtype=args.infer_dtype, extra_args=other)  # fmt: skip
+    return 0
+
+
 def _cmd_yolo_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lf_ext.masks.yolo_train import train_yolo
+    from lf_ext.masks.yolo_train import train_from_args
 
     scenes = Path(args.scenes)
     if not (scenes / "scenes_train.json").exists():
         raise ValueError(f"{scenes} holds no scenes (run `lf-ext scenes --out {scenes}` first)")
-    weights = train_yolo(scenes, args.out, epochs=args.epochs, imgsz=args.imgsz, seed=args.seed)
+    weights = train_from_args(args)
     print(f"trained YOLO segmenter: {weights}\nuse it with bgobj_mask_provider: yolo, bgobj_yolo_weights: {weights}")
+    return 0
+
+
+def _cmd_webui(args: argparse.Namespace) -> int:
+    from lf_ext.webui import run_webui
+
+    run_webui(host=args.host, port=args.port, share=args.share, open_browser=args.open)
     return 0
 
 
@@ -157,6 +195,7 @@ def _bgobj_archs() -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lf_ext.masks.yolo_train import add_train_arguments as add_yolo_train_arguments
     from lf_ext.tiny import ARCH_NAMES, SHAPES
 
     parser = argparse.ArgumentParser(prog="lf-ext", description="lf_ext tools for LLaMA-Factory VLMs")
@@ -188,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--plate", help="reference plate for the 'reference' provider")
     show.add_argument("--image-max-pixels", type=int, default=768 * 768)
     show.add_argument("--out", required=True, help="PNG to write")
+    show.add_argument("--patch-selection", default="none", choices=["none", "v1", "v2", "budget"],
+                      help="also draw the units a token budget keeps (dropped: grey)")
+    show.add_argument("--patch-alpha", type=float, default=0.3, help="alpha of budget / v2")
+    show.add_argument("--patch-thresholds", default="3,2", help="v1 thresholds (2x2 and 4x4 blocks)")
     show.set_defaults(func=_cmd_show_mask, takes_bgobj=True)
 
     masks = sub.add_parser("masks", help="mask tools").add_subparsers(dest="masks_command", required=True)
@@ -203,9 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     yolo = sub.add_parser("yolo-train", help="train a small YOLO segmenter on the scenes (CPU, offline)")
     yolo.add_argument("--scenes", required=True, help="a folder written by `lf-ext scenes`")
     yolo.add_argument("--out", required=True)
-    yolo.add_argument("--epochs", type=int, default=30)
-    yolo.add_argument("--imgsz", type=int, default=320)
-    yolo.add_argument("--seed", type=int, default=0)
+    add_yolo_train_arguments(yolo)  # train_yolo's own defaults: one source of truth
     yolo.set_defaults(func=_cmd_yolo_train)
 
     bench = sub.add_parser("bench", help="benchmarks: print a table and write JSON").add_subparsers(
@@ -287,6 +328,36 @@ def build_parser() -> argparse.ArgumentParser:
     from lf_ext.eval.convert.cli import add_parser as add_data_parser
 
     add_data_parser(sub)
+
+    from lf_ext.eval.harness import CONFIGS, ORDERS
+    from lf_ext.eval.metrics import GROUPS
+
+    evaluate = sub.add_parser("eval", help="answer a converted benchmark with stock, bgobj and bgobj+cache: metric, "
+                                            "intervals, per-component time")  # fmt: skip
+    evaluate.add_argument("task", choices=sorted(GROUPS), help="the benchmark's metric (exact: any short-answer dataset)")
+    evaluate.add_argument("--dataset-dir", required=True, help="LLaMA-Factory dataset folder (dataset_info.json)")
+    evaluate.add_argument("--dataset", required=True, help="dataset name in dataset_info.json")
+    evaluate.add_argument("--model", required=True, help="the bgobj model (folder)")
+    evaluate.add_argument("--template", required=True, help="its bgobj template, e.g. qwen2_vl_bgobj, llava_bgobj")
+    evaluate.add_argument("--stock-model", default=None, help="the model for the stock configuration (default: --model)")
+    evaluate.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    evaluate.add_argument("--order", default="stream", choices=ORDERS,
+                          help="stream: samples sharing a screen/camera/image together (realistic reuse)")
+    evaluate.add_argument("--limit", type=int, default=None, help="at most this many samples")
+    evaluate.add_argument("--json", required=True)
+    evaluate.add_argument("--plot", default=None, help="PNG: accuracy vs mean TTFT per configuration")
+    evaluate.add_argument("--image-max-pixels", type=int, default=50176)
+    evaluate.add_argument("--max-new-tokens", type=int, default=32)
+    evaluate.add_argument("--infer-dtype", default="auto", help="auto, float16, bfloat16 or float32 (CPU: float32)")
+    evaluate.add_argument("--arg", action="append", metavar="KEY=VALUE", help="another LLaMA-Factory argument, repeatable")
+    evaluate.set_defaults(func=_cmd_eval, takes_bgobj=True)
+
+    webui = sub.add_parser("webui", help="LlamaBoard with this environment's llamafactory-cli and CPU-safe defaults")
+    webui.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    webui.add_argument("--port", type=int, default=None, help="port (default: gradio's, 7860 or the next free one)")
+    webui.add_argument("--share", action="store_true", help="also open a public gradio share link")
+    webui.add_argument("--open", action="store_true", help="open a browser tab")
+    webui.set_defaults(func=_cmd_webui)
 
     demo = sub.add_parser("demo", help="stock vs bgobj stages on the scenes, through llamafactory-cli")
     demo.add_argument("--workdir", default="work/demo")

@@ -34,9 +34,10 @@ class BgObjArguments:
     # masks: which provider, and how its mask becomes one label per token unit
     bgobj_mask_provider: str = _key("none", "Mask provider that splits each image into background and object; "
                                     "'none' keeps every visual token in the background group.", _mask_provider_names)
-    bgobj_mask_fallback: str = _key("none", "What to do when the provider has no mask for an image (e.g. dataset "
-                                    "masks missing): another provider's name, or 'error'.",
-                                    lambda: _mask_provider_names() + ["error"])
+    bgobj_mask_fallback: str = _key("auto", "What to do when the provider has no mask for an image (dataset masks "
+                                    "missing, an upload in chat): another provider's name, 'error', or 'auto': 'none' "
+                                    "when training, 'entropy' in chat/api/webchat/LlamaBoard's chat.",
+                                    lambda: _mask_provider_names() + ["error", "auto"])
     bgobj_mask_margin: int = _key(0, "Grow the object region by this many pixels (at the processor's geometry).")
     bgobj_unit_coverage: float = _key(0.0, "A token unit is object when more than this fraction of its pixels "
                                       "are object (0: any object pixel).")
@@ -56,6 +57,15 @@ class BgObjArguments:
     bgobj_yolo_conf: float = _key(0.25, "yolo: confidence threshold.")
     bgobj_yolo_mode: str = _key("union", "yolo: 'union' of all detections or the single most confident ('top1').",
                                 ["union", "top1"])
+
+    # token budget (entropy patch selection, lf_ext.selection)
+    bgobj_patch_selection: str = _key("none", "Token budget: keep only some token units, by grey-level entropy, inside each "
+                                      "group: 'budget' (top alpha fraction), 'v2' (entropy >= alpha x the group's max), "
+                                      "'v1' (fixed thresholds: flat blocks keep one unit); 'none' = every unit.",
+                                      ["none", "v1", "v2", "budget"])
+    bgobj_patch_alpha: float = _key(0.3, "Token budget: alpha of 'budget' (fraction kept) and 'v2' (threshold factor), in (0, 1].")
+    bgobj_patch_thresholds: str = _key("3,2", "Token budget 'v1': entropy thresholds (bits) of 2x2- and 4x4-unit blocks, "
+                                       "comma-separated (two numbers).")
 
     # model
     bgobj_prefusion_layers: int = _key(0, "Causal prefusion layers before the LLM (copies of its first N layers, "
@@ -116,6 +126,12 @@ def _check_ranges(s: "BgObjArguments") -> None:
                                f"unix:///path.sock): {s.bgobj_cache_redis_url!r} ({problem}).")
     if not 0.0 <= s.bgobj_cache_min_coverage <= 1.0:
         raise BgObjConfigError(f"bgobj_cache_min_coverage must be in [0, 1], got {s.bgobj_cache_min_coverage}.")
+    if not 0.0 < s.bgobj_patch_alpha <= 1.0:
+        raise BgObjConfigError(f"bgobj_patch_alpha must be in (0, 1], got {s.bgobj_patch_alpha}.")
+    thresholds = [t.strip() for t in s.bgobj_patch_thresholds.split(",")]
+    if len(thresholds) != 2 or not all(_is_number(t) and float(t) >= 0 for t in thresholds):
+        raise BgObjConfigError(f"bgobj_patch_thresholds must be two non-negative numbers (2x2 and 4x4 blocks), "
+                               f"got {s.bgobj_patch_thresholds!r}.")
     if s.bgobj_mask_margin < 0:
         raise BgObjConfigError(f"bgobj_mask_margin must be >= 0, got {s.bgobj_mask_margin}.")
     if not 0.0 <= s.bgobj_unit_coverage < 1.0:
@@ -155,6 +171,14 @@ def _redis_url_problem(url: str) -> str | None:
     if not parts.hostname or port == 0:
         return "no host" if not parts.hostname else "port 0"
     return f"database {db!r} is not a number" if db and not db.isdigit() else None
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
 
 
 class BgObjConfigError(ValueError):

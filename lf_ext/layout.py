@@ -6,11 +6,14 @@ Each media item (an image; a video clip later) becomes::
 
 An :class:`ImageLayout` holds, for every item, its grid of *token units* (one unit = the pixels one
 visual token stands for: a 2x2-merged 28-px square for Qwen2-VL, a 14-px patch for LLaVA-1.5) as
-``(slices, rows, cols)`` and one :class:`Group` per unit. Tokens appear group by group: the
-background units in ``(slice, row, col)`` order, then the object units in the same order; dropped
-units get no token and are never encoded. The plugin builds the layout once per batch and hands it
-to the model as one tensor (:meth:`ImageLayout.pack`) under ``mm_inputs[LAYOUT_KEY]``; the vision
-encoding, the positions, the background cache and sibling training all read that one object.
+``(slices, rows, cols)`` and one :class:`Group` per unit: its membership (background or object) and
+whether it is kept. Tokens appear group by group: the kept background units in ``(slice, row, col)``
+order, then the kept object units in the same order; dropped units (a token budget, or a video's
+static background after its first slice) get no token and are never encoded. A *plain* layout (the
+stock template under a token budget) has no separators and no object group: its kept units in
+``(slice, row, col)`` order are the item's tokens. The plugin builds the layout once per batch and
+hands it to the model as one tensor (:meth:`ImageLayout.pack`) under ``mm_inputs[LAYOUT_KEY]``; the
+vision encoding, the positions, the background cache and sibling training all read that one object.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 BG_START, BG_END, OBJ_START, OBJ_END = "[BG_START]", "[BG_END]", "[OBJ_START]", "[OBJ_END]"
 SEPARATORS = (BG_START, BG_END, OBJ_START, OBJ_END)
 LAYOUT_KEY = "bgobj_layout"
-PACK_VERSION = 1
+PACK_VERSION = 3
 
 Grid = tuple[int, int, int]  # (slices, rows, cols) in token units
 
@@ -35,14 +38,16 @@ COLLATING_LAYOUT: contextvars.ContextVar["ImageLayout | None"] = contextvars.Con
 
 
 class Group(IntEnum):
-    """What becomes of one token unit."""
+    """What becomes of one token unit: its membership, and whether it gets a token."""
 
     BACKGROUND = 0
     OBJECT = 1
-    DROPPED = 2
+    DROPPED = 2  # a background unit without a token
+    DROPPED_OBJECT = 3  # an object unit without a token
 
 
 TOKEN_GROUPS = (Group.BACKGROUND, Group.OBJECT)
+OBJECT_MEMBERS = (int(Group.OBJECT), int(Group.DROPPED_OBJECT))
 
 
 def add_separator_tokens(tokenizer) -> list[int]:
@@ -65,6 +70,24 @@ def has_separators(tokenizer) -> bool:
     return all(token in vocab for token in SEPARATORS)
 
 
+def static_background(first: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+    """Groups ``(slices, rows, cols)`` of a clip whose background is encoded once, from its first slice.
+
+    ``first``: the first slice's groups ``(rows, cols)`` (its split, and any token budget); ``changed``:
+    bool ``(slices, rows, cols)``, True where a unit is object in that slice or its pixels moved away
+    from the first slice's. A background unit gets no token in a later slice (DROPPED: its first-slice
+    token stands for it) unless it changed there (OBJECT, a token of that slice); object units keep
+    their first-slice group in every slice. Tokens: |B| + Σ_t |O_t|."""
+    first = torch.as_tensor(first, dtype=torch.int8)
+    changed = torch.as_tensor(changed, dtype=torch.bool)
+    if changed.shape[1:] != first.shape:
+        raise ValueError(f"changed units {tuple(changed.shape)} do not match the first slice {tuple(first.shape)}")
+    background = (first == int(Group.BACKGROUND)) | (first == int(Group.DROPPED))
+    later = torch.where(background, torch.where(changed, int(Group.OBJECT), int(Group.DROPPED)), first).to(torch.int8)
+    later[0] = first
+    return later
+
+
 def separated_placeholder(n_background: int, n_object: int, image_token: str) -> str:
     """Token text for one item's visual tokens in the separated layout."""
     return f"{BG_START}{image_token * n_background}{BG_END}{OBJ_START}{image_token * n_object}{OBJ_END}"
@@ -78,10 +101,18 @@ class ImageLayout:
         grids: per item ``(slices, rows, cols)`` of token units.
         groups: int8 ``[Σ slices*rows*cols]``, a :class:`Group` per unit, item after item, each item
             in ``(slice, row, col)`` row-major order (kept on the CPU).
+        separated: the ``[BG_START] … [OBJ_END]`` layout; False: plain (stock template, every unit a
+            background member, only the kept ones get tokens).
+        slice_seconds: per item, the whole seconds one temporal slice of a video spans (transformers
+            truncates ``second_per_grid_ts`` to an integer too), -1 for an image; None: every item an
+            image. The family turns it into the temporal position step (Qwen2.5-VL:
+            ``tokens_per_second * seconds``; Qwen2-VL: 1).
     """
 
     grids: tuple[Grid, ...]
     groups: torch.Tensor
+    separated: bool = True
+    slice_seconds: tuple[int, ...] | None = None
 
     def __post_init__(self):
         grids = tuple(tuple(int(v) for v in grid) for grid in self.grids)
@@ -89,31 +120,40 @@ class ImageLayout:
             raise ValueError(f"layout grids must be (slices, rows, cols) with sizes >= 1, got {grids}")
         groups = torch.as_tensor(self.groups).detach().reshape(-1).to("cpu")
         if groups.is_floating_point():
-            raise ValueError("layout groups must be integers: 0 background, 1 object, 2 dropped")
+            raise ValueError("layout groups must be integers: 0 background, 1 object, 2/3 dropped background/object")
         total = sum(t * r * c for t, r, c in grids)
         if groups.numel() != total:
             raise ValueError(f"layout has {groups.numel()} unit groups for grids {list(grids)} ({total} units)")
-        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) > int(Group.DROPPED)):
-            raise ValueError("layout groups must be 0 (background), 1 (object) or 2 (dropped)")
+        if groups.numel() and (int(groups.min()) < 0 or int(groups.max()) > int(Group.DROPPED_OBJECT)):
+            raise ValueError("layout groups must be 0 (background), 1 (object), 2 (dropped background) or 3 (dropped object)")
+        if not self.separated and bool(torch.isin(groups, torch.tensor(OBJECT_MEMBERS, dtype=groups.dtype)).any()):
+            raise ValueError("a plain layout has no object group")
+        seconds = tuple(int(v) for v in self.slice_seconds) if self.slice_seconds is not None else (-1,) * len(grids)
+        if len(seconds) != len(grids) or any(v < -1 for v in seconds):
+            raise ValueError(f"layout slice_seconds must be one integer >= -1 per item, got {self.slice_seconds} for {len(grids)} items")
         object.__setattr__(self, "grids", grids)
         object.__setattr__(self, "groups", groups.to(torch.int8).contiguous())
+        object.__setattr__(self, "slice_seconds", seconds)
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def from_labels(cls, grids: Iterable[Sequence[int]], object_labels: torch.Tensor) -> "ImageLayout":
+    def from_labels(cls, grids: Iterable[Sequence[int]], object_labels: torch.Tensor, separated: bool = True,
+                    slice_seconds: Sequence[int] | None = None) -> "ImageLayout":  # fmt: skip
         """From one object label per unit (bool, or integers 0/1), no unit dropped."""
         labels = torch.as_tensor(object_labels).detach().reshape(-1).cpu()
         if labels.dtype != torch.bool:
             if labels.is_floating_point() or not bool(((labels == 0) | (labels == 1)).all()):
                 raise ValueError("object labels must be bool or integers in {0, 1} (0 = background, 1 = object)")
-        return cls(tuple(tuple(g) for g in grids), labels.to(torch.int8))
+        return cls(tuple(tuple(g) for g in grids), labels.to(torch.int8), separated, slice_seconds)
 
     @classmethod
-    def concat(cls, layouts: Iterable["ImageLayout"]) -> "ImageLayout":
+    def concat(cls, layouts: Iterable["ImageLayout"], separated: bool = True) -> "ImageLayout":
         layouts = list(layouts)
+        if any(layout.separated != separated for layout in layouts):
+            raise ValueError("cannot mix separated and plain layouts")
         grids = tuple(grid for layout in layouts for grid in layout.grids)
         groups = torch.cat([layout.groups for layout in layouts]) if layouts else torch.zeros(0, dtype=torch.int8)
-        return cls(grids, groups)
+        return cls(grids, groups, separated, tuple(v for layout in layouts for v in layout.slice_seconds))
 
     @classmethod
     def coerce(cls, value) -> "ImageLayout | None":
@@ -126,6 +166,9 @@ class ImageLayout:
     def __len__(self) -> int:
         return len(self.grids)
 
+    def is_video(self, item: int) -> bool:
+        return self.slice_seconds[item] >= 0
+
     @property
     def sizes(self) -> list[int]:
         """Units per item."""
@@ -136,7 +179,7 @@ class ImageLayout:
         return sum(self.sizes[:item])
 
     def item(self, item: int) -> "ImageLayout":
-        return ImageLayout((self.grids[item],), self.item_groups(item).reshape(-1))
+        return ImageLayout((self.grids[item],), self.item_groups(item).reshape(-1), self.separated, (self.slice_seconds[item],))
 
     def items(self) -> list["ImageLayout"]:
         return [self.item(i) for i in range(len(self))]
@@ -161,8 +204,12 @@ class ImageLayout:
         return self.count(Group.BACKGROUND, item) + self.count(Group.OBJECT, item)
 
     def object_labels(self, item: int) -> torch.Tensor:
-        """(slices, rows, cols) bool: True where the unit is object."""
-        return self.item_groups(item) == int(Group.OBJECT)
+        """(slices, rows, cols) bool: True where the unit is an object member (kept or dropped)."""
+        return torch.isin(self.item_groups(item), torch.tensor(OBJECT_MEMBERS, dtype=torch.int8))
+
+    def kept(self, item: int) -> torch.Tensor:
+        """(slices, rows, cols) bool: True where the unit gets a token."""
+        return self.item_groups(item) <= int(Group.OBJECT)
 
     def token_units(self, item: int, groups: Sequence[Group] = TOKEN_GROUPS) -> torch.Tensor:
         """Unit indices (within the item, flat) in token order, for the given groups in that order."""
@@ -170,6 +217,8 @@ class ImageLayout:
         return torch.cat([torch.nonzero(flat == int(group), as_tuple=True)[0] for group in groups])
 
     def placeholder(self, item: int, image_token: str) -> str:
+        if not self.separated:
+            return image_token * self.n_tokens(item)
         return separated_placeholder(self.n_background(item), self.n_object(item), image_token)
 
     def with_item(self, item: int, groups: torch.Tensor) -> "ImageLayout":
@@ -177,22 +226,30 @@ class ImageLayout:
         start = self.offset(item)
         new = self.groups.clone()
         new[start : start + self.sizes[item]] = torch.as_tensor(groups).reshape(-1).to(torch.int8)
-        return ImageLayout(self.grids, new)
+        return ImageLayout(self.grids, new, self.separated, self.slice_seconds)
+
+    def with_kept(self, item: int, kept: torch.Tensor) -> "ImageLayout":
+        """The same layout with one item's units kept where ``kept`` (its grid's shape) is True, dropped
+        elsewhere; memberships unchanged."""
+        members = self.object_labels(item).reshape(-1).to(torch.int8)  # 0 background, 1 object
+        keep = torch.as_tensor(kept, dtype=torch.bool).reshape(-1)
+        return self.with_item(item, torch.where(keep, members, members + int(Group.DROPPED)))
 
     # ------------------------------------------------------------------ transport
     def pack(self) -> torch.Tensor:
-        """One int64 tensor: ``[version, items, (slices, rows, cols) per item..., groups...]``."""
-        header = [PACK_VERSION, len(self.grids)] + [v for grid in self.grids for v in grid]
+        """One int64 tensor: ``[version, separated, items, (slices, rows, cols, slice seconds) per item..., groups...]``."""
+        header = [PACK_VERSION, int(self.separated), len(self.grids)]
+        header += [v for grid, step in zip(self.grids, self.slice_seconds) for v in (*grid, step)]
         return torch.cat([torch.tensor(header, dtype=torch.long), self.groups.long()])
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> "ImageLayout":
         values = torch.as_tensor(packed).detach().reshape(-1).cpu().long()
-        if values.numel() < 2 or int(values[0]) != PACK_VERSION:
+        if values.numel() < 3 or int(values[0]) != PACK_VERSION:
             raise ValueError(f"{LAYOUT_KEY} is not a packed ImageLayout (version {PACK_VERSION})")
-        items = int(values[1])
-        header = values[2 : 2 + 3 * items].view(items, 3).tolist() if items else []
-        return cls(tuple(tuple(g) for g in header), values[2 + 3 * items :])
+        separated, items = bool(values[1]), int(values[2])
+        header = values[3 : 3 + 4 * items].view(items, 4).tolist() if items else []
+        return cls(tuple(tuple(g[:3]) for g in header), values[3 + 4 * items :], separated, tuple(g[3] for g in header))
 
 
 @dataclass(frozen=True)

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup_browser.sh || echo "[test] no chromium: tests/test_board_e2e.py will be skipped" >&2
 exec .venv/bin/python -m pytest "$@"

@@ -41,10 +41,11 @@ def load_for_inference(model_dir, dataset_dir, template="qwen2_vl_bgobj", **extr
     from llamafactory.hparams import get_infer_args
     from llamafactory.model import load_model, load_tokenizer
 
-    args = dict(dict(model_name_or_path=str(model_dir), template=template, infer_dtype="float32", image_max_pixels=50176,
-                     dataset_dir=str(dataset_dir), dataset="masked", bgobj_mask_provider="dataset"), **extra)  # fmt: skip
-    if not template.endswith("_bgobj"):
-        args = {k: v for k, v in args.items() if not k.startswith("bgobj_")}
+    defaults = dict(model_name_or_path=str(model_dir), template=template, infer_dtype="float32", image_max_pixels=50176,
+                    dataset_dir=str(dataset_dir), dataset="masked")  # fmt: skip
+    if template.endswith("_bgobj"):
+        defaults["bgobj_mask_provider"] = "dataset"
+    args = dict(defaults, **extra)
     model_args, data_args, finetuning_args, _ = get_infer_args(args)
     tokenizer_module = load_tokenizer(model_args)
     template_obj = get_template_and_fix_tokenizer(tokenizer_module["tokenizer"], data_args)

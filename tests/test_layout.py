@@ -45,14 +45,16 @@ def test_pack_round_trip_and_with_item():
 def test_bad_layouts_are_clear_errors():
     with pytest.raises(ValueError, match="5 unit groups for grids"):
         ImageLayout(((1, 2, 3),), torch.zeros(5, dtype=torch.int8))
-    with pytest.raises(ValueError, match="0 \\(background\\), 1 \\(object\\) or 2 \\(dropped\\)"):
-        ImageLayout(((1, 1, 2),), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="0 \\(background\\), 1 \\(object\\), 2 \\(dropped background\\) or 3"):
+        ImageLayout(((1, 1, 2),), torch.tensor([0, 4]))
+    with pytest.raises(ValueError, match="a plain layout has no object group"):
+        ImageLayout(((1, 1, 2),), torch.tensor([0, 1]), separated=False)
     with pytest.raises(ValueError, match="sizes >= 1"):
         ImageLayout(((1, 0, 2),), torch.zeros(0))
     with pytest.raises(ValueError, match="0 = background, 1 = object"):
         ImageLayout.from_labels([(1, 1, 2)], torch.tensor([0.5, 1.0]))
     with pytest.raises(ValueError, match="not a packed ImageLayout"):
-        ImageLayout.unpack(torch.tensor([9, 1, 1, 1, 1, 0]))
+        ImageLayout.unpack(torch.tensor([9, 1, 1, 1, 1, 1, 0]))
 
 
 def test_spans_parse_and_respan():
@@ -69,20 +71,66 @@ def test_spans_parse_and_respan():
 
 def test_positions_of_a_two_slice_item_keep_stock_coordinates():
     """t > 1: every token at (s + slice, s + row, s + col); [BG_END] where stock text after the item starts."""
-    from lf_ext.families.qwen.positions import separated_positions
+    from lf_ext.families.qwen.positions import layout_positions
 
     layout = ImageLayout(((2, 2, 3),), torch.tensor([0, 0, 1, 0, 0, 0, 2, 1, 0, 0, 2, 0]))
     n_bg, n_obj = layout.n_background(0), layout.n_object(0)
     ids = torch.tensor([[5, IDS.bg_start] + [7] * n_bg + [IDS.bg_end, IDS.obj_start] + [7] * n_obj + [IDS.obj_end, 6]])
-    positions, deltas = separated_positions(ids, layout, IDS)
+    positions, deltas = layout_positions(ids, layout, IDS)
     s = 2  # the position after [BG_START]
     expected = [(t, r, c) for group in (0, 1) for t in range(2) for r in range(2) for c in range(3)
                 if int(layout.item_groups(0)[t, r, c]) == group]  # fmt: skip
     visual = [i for i, t in enumerate(ids[0].tolist()) if t == 7]
     assert [tuple(positions[:, 0, i].tolist()) for i in visual] == [(s + t, s + r, s + c) for t, r, c in expected]
     bg_end = ids[0].tolist().index(IDS.bg_end)
-    assert positions[:, 0, bg_end].tolist() == [s + 3] * 3  # max(slices, rows, cols) = 3
+    assert positions[:, 0, bg_end].tolist() == [s + 3] * 3  # max(rows, cols) = 3
     assert int(deltas[0, 0]) == int(positions.max()) + 1 - ids.shape[1]
+
+
+def test_clip_positions_equal_transformers_video_positions():
+    """A plain video layout with every unit kept reproduces Qwen2.5-VL's stock ``get_rope_index`` for a video
+    (time step tokens_per_second * second_per_grid, text after the clip at s + max(rows, cols), even when the
+    clip has more slices than rows or columns); the separated layout keeps those (t, h, w) for every token."""
+    from types import SimpleNamespace
+
+    from transformers import Qwen2_5_VLConfig
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    from lf_ext.families.qwen.positions import layout_positions
+
+    config = Qwen2_5_VLConfig(vision_config={"tokens_per_second": 2, "spatial_merge_size": 2})
+    fake = SimpleNamespace(config=config)
+    fake.get_vision_position_ids = lambda *a, **k: Qwen2_5_VLModel.get_vision_position_ids(fake, *a, **k)
+    slices, rows, cols, video = 5, 2, 3, 8
+    ids = torch.tensor([[5, 6] + [video] * (slices * rows * cols) + [6, 5, 5]])
+    types = (ids == video).int() * 2
+    stock, stock_delta = Qwen2_5_VLModel.get_rope_index(fake, ids, types, video_grid_thw=torch.tensor([[slices, 4, 6]]),
+                                                        second_per_grid_ts=torch.tensor([1.0]))  # fmt: skip
+    plain = ImageLayout(((slices, rows, cols),), torch.zeros(slices * rows * cols, dtype=torch.int8), separated=False, slice_seconds=(1,))
+    ours, delta = layout_positions(ids, plain, SeparatorIds(-1, -1, -1, -1, video), tokens_per_second=2)
+    assert torch.equal(ours, stock) and torch.equal(delta, stock_delta)
+    groups = torch.randint(0, 2, (slices * rows * cols,))
+    separated = ImageLayout(plain.grids, groups, slice_seconds=(1,))
+    n_bg, n_obj = separated.n_background(0), separated.n_object(0)
+    sep_ids = torch.tensor([[5, 6, IDS.bg_start] + [7] * n_bg + [IDS.bg_end, IDS.obj_start] + [7] * n_obj + [IDS.obj_end, 6]])
+    positions, _ = layout_positions(sep_ids, separated, IDS, tokens_per_second=2)
+    visual = [i for i, t in enumerate(sep_ids[0].tolist()) if t == 7]
+    stock_of_unit = stock[:, 0, 2 : 2 + slices * rows * cols] + 1  # one more text token ([BG_START]) before the clip
+    assert torch.equal(positions[:, 0, visual], stock_of_unit[:, separated.token_units(0)])
+    assert positions[:, 0, sep_ids[0].tolist().index(IDS.bg_end)].tolist() == [3 + max(rows, cols)] * 3
+
+
+def test_static_background_keeps_the_first_slice_and_the_changes():
+    from lf_ext.layout import static_background
+
+    first = torch.tensor([[0, 1], [2, 3]], dtype=torch.int8)  # bg, object, dropped bg, dropped object
+    changed = torch.tensor([[[True, True], [True, True]], [[False, False], [False, False]], [[True, False], [True, False]]])
+    groups = static_background(first, changed)
+    assert groups[0].tolist() == first.tolist()  # the first slice is the split itself, whatever "changed" says
+    assert groups[1].tolist() == [[2, 1], [2, 3]]  # unchanged background: no token; object units keep their group
+    assert groups[2].tolist() == [[1, 1], [1, 3]]  # changed background units: object tokens of that slice
+    layout = ImageLayout(((3, 2, 2),), groups.reshape(-1))
+    assert layout.n_background(0) == 1 and layout.n_object(0) == 1 + 1 + 3
 
 
 def test_family_registry_and_import_hook_agree():

@@ -143,6 +143,20 @@ def test_records_with_wrong_mask_count_are_rejected():
         MaskIndex.from_records([{"images": ["a.png", "b.png"], "masks": ["a_mask.png"]}], "/data")
 
 
+def test_an_image_in_several_records_gets_the_union_of_their_boxes():
+    """GQA writes one record per question, each with the boxes of its own objects: the image's object is all of
+    them (one split per image, so every question about it can share its cached background)."""
+    records = [{"images": ["a.png"], "boxes": [[[0, 0, 10, 10]]]}, {"images": ["a.png"], "boxes": [[]]},
+               {"images": ["a.png"], "boxes": [[[0, 0, 10, 10], [20, 20, 30, 30]]], "polygons": [[[[0, 0], [5, 0], [0, 5]]]]},
+               {"images": ["b.png"], "boxes": [[]]}]  # fmt: skip
+    index = MaskIndex.from_records(records, "/data")
+    assert index.get("a.png") == {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30]], "polygons": [[[0, 0], [5, 0], [0, 5]]]}
+    assert index.get("b.png") == {"boxes": []}  # listed without objects: all background, not missing
+    with pytest.raises(MaskError, match=r"dataset 'd' record 1: image a.png already has the mask /data/m1.png"):
+        MaskIndex.from_records([{"images": ["a.png"], "masks": ["m1.png"]}, {"images": ["a.png"], "masks": ["m2.png"]}],
+                               "/data", name="d")  # fmt: skip
+
+
 def test_provider_keys_are_validated_before_training(tmp_path):
     with pytest.raises(BgObjConfigError, match="needs bgobj_yolo_weights.*not found: '/nowhere/best.pt'"):
         parse_bgobj_args({"bgobj_mask_provider": "yolo", "bgobj_yolo_weights": "/nowhere/best.pt"})

@@ -160,9 +160,9 @@ def test_plugin_bad_images_name_the_sample(tiny_dir, data, tmp_path):
 def test_plugin_extreme_sizes_match_the_processor(tiny_dir, data, tmp_path, size):
     from PIL import Image
 
-    tok, template, model = load_for_inference(tiny_dir("qwen2_vl"), data)
+    tok, template, model = load_for_inference(tiny_dir("qwen2_vl"), data, bgobj_mask_fallback="none")
     Image.new("RGB", size, (40, 90, 200)).save(tmp_path / "odd.png")
     input_ids, inputs = encode(tok, template, [str(tmp_path / "odd.png")])
     t, h, w = inputs["image_grid_thw"][0].tolist()
     assert unit_labels(inputs).numel() == h * w // 4 == int((input_ids == model.config.image_token_id).sum())
-    assert not unit_labels(inputs).any()  # no mask for this image: the documented 'none' fallback
+    assert not unit_labels(inputs).any()  # no mask for this image: the 'none' fallback asked for

@@ -7,6 +7,8 @@
   normalised string match or numeric tolerance (:func:`open_answer_correct`).
 * ``androidcontrol``: action-type accuracy and step accuracy (:func:`score_action`).
 * ``seedbench``: choice accuracy (A-D parsed like MMMU's options).
+* ``exact``: any sharegpt dataset with short answers (e.g. the shipped scenes): VQA exact match against
+  ``meta.answer`` or else the record's last assistant turn, grouped by ``meta.question_type``.
 """
 
 from __future__ import annotations
@@ -246,6 +248,7 @@ def score_action(prediction: str, gold: Mapping, target_box: list | None, screen
 # -- entry points ---------------------------------------------------------------------------------------------------
 
 GROUPS = {
+    "exact": ("question_type",),
     "gqa": ("question_type", "semantic_type"),
     "ocrvqa": ("question_type",),
     "mmmu": ("subject", "question_type"),
@@ -255,14 +258,22 @@ GROUPS = {
 METRICS = {"androidcontrol": ("action_type_correct", "step_correct")}
 
 
+def _last_answer(record: Mapping) -> str:
+    answers = [m["content"] for m in record.get("messages") or [] if m.get("role") == "assistant"]
+    if not answers:
+        raise ValueError("the record has no assistant turn to compare with")
+    return answers[-1]
+
+
 def score(task: str, prediction: str, record: Mapping) -> dict:
     """Score one prediction against a converted record; the dict holds the metric values (0/1) and the fields
     :func:`aggregate` groups by."""
     meta = record.get("meta") or {}
     prediction = "" if prediction is None else str(prediction)
-    if task in ("gqa", "ocrvqa"):
-        result = {"correct": float(vqa_exact_match(prediction, meta["answer"])),
-                  "prediction": normalize_vqa_answer(prediction), "answer": normalize_vqa_answer(meta["answer"])}  # fmt: skip
+    if task in ("gqa", "ocrvqa", "exact"):
+        answer = meta["answer"] if task != "exact" or "answer" in meta else _last_answer(record)
+        result = {"correct": float(vqa_exact_match(prediction, answer)),
+                  "prediction": normalize_vqa_answer(prediction), "answer": normalize_vqa_answer(answer)}  # fmt: skip
     elif task == "mmmu":
         if meta["question_type"] == "multiple-choice":
             choice = parse_choice(prediction, meta["options"])

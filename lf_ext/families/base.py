@@ -105,7 +105,10 @@ class BgObjFamily:
         """Raise a clear error when a loaded model uses a setting this family cannot reproduce exactly."""
 
     def separator_tokens(self, model) -> SeparatorIds:
-        return SeparatorIds.of(self.spec(model)["separator_ids"], self.image_token_id(model.config))
+        """The separators' and the visual token's ids; a model without the bgobj spec has no separators
+        (-1: plain layouts only)."""
+        spec = self.spec(model)
+        return SeparatorIds.of(spec["separator_ids"] if spec else [-1] * 4, self.image_token_id(model.config))
 
     def modules_owner(self, model: nn.Module) -> nn.Module:
         """The module that holds ``bgobj`` (created by the ``init_targets`` patch)."""
@@ -117,6 +120,16 @@ class BgObjFamily:
     def projector_of(self, owner: nn.Module) -> nn.Module:
         """The projector inside the ``modules_owner`` (what split projectors copy)."""
         raise NotImplementedError
+
+    def new_projector(self, owner: nn.Module) -> nn.Module:
+        """A newly constructed module of the projector's class and shape (weights: initialised later).
+
+        Its own ``__init__`` runs, so DeepSpeed ZeRO-3's ``zero.Init`` partitions it; the default deep copy
+        is only right without ZeRO-3, so families override it.
+        """
+        import copy
+
+        return copy.deepcopy(self.projector_of(owner))
 
     def language_model(self, model: nn.Module) -> nn.Module:
         return inner_model(model).language_model
@@ -139,8 +152,12 @@ class BgObjFamily:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ forward
-    def vision_dtype(self, model: nn.Module) -> torch.dtype:
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        """The stock vision encoder module (what the stock path calls; its forward hooks time it)."""
         raise NotImplementedError
+
+    def vision_dtype(self, model: nn.Module) -> torch.dtype:
+        return self.vision_tower(model).dtype
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout,
                groups: Sequence[Group] = TOKEN_GROUPS) -> torch.Tensor:  # fmt: skip

@@ -23,6 +23,10 @@ pixels.
 - the policy (``bgobj_cache_policy``) decides which entries may serve: ``exact`` only those with the
   request's own split (answers equal cache-off), ``reuse`` any, closest split first.
 
+With a token budget (``selection``) a split's units are selected inside each group from the pixels the
+split is computed from: the request's own (miss, refined rejection, a hit's object group); a hit's
+background units keep the cached entry's selection (stored with it).
+
 Everything model-specific goes through the :class:`~lf_ext.families.base.BgObjFamily`.
 """
 
@@ -43,8 +47,10 @@ from lf_ext.inference.model_key import model_key
 from lf_ext.layout import Group, ImageLayout, Span, check_spans, find_spans, respan
 from lf_ext.models.attach import scatter_features
 from lf_ext.models.prefusion import BgObjCache
+from lf_ext.selection import PatchSelection
 
 BG_TOKENS = "bg_tokens"
+UNIT_GROUPS = "unit_groups"  # the entry's groups: which of its background units keep a token
 
 
 @dataclass
@@ -88,9 +94,10 @@ class BackgroundReuse:
     """Prefills separated-layout prompts of one model, reusing verified backgrounds from ``cache``."""
 
     def __init__(self, model, family: BgObjFamily, cache: BackgroundCache, pixels: PixelUnits, refine: bool = True,
-                 key: str = ""):  # fmt: skip
+                 key: str = "", selection: PatchSelection | None = None):  # fmt: skip
         self.model = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.family, self.cache, self.pixels, self.refine = family, cache, pixels, refine
+        self.selection = selection or PatchSelection()
         self.tokens = family.separator_tokens(self.model)
         self._model_key = key
 
@@ -118,7 +125,8 @@ class BackgroundReuse:
         upto = input_ids.shape[1] if upto is None else upto
         if upto <= span.obj_end:
             raise ValueError("the prefill must reach past [OBJ_END] (the split may change on a hit)")
-        labels = layout.object_labels(0)[0].numpy()  # (rows, cols) bool
+        labels = layout.object_labels(0)[0].numpy()  # (rows, cols) bool: object members
+        groups = layout.item_groups(0).reshape(-1)  # the request's own split and token budget
         ms: dict[str, float] = {}
         hit, kind, units, key, refined = None, "miss", None, None, False
         if use_cache:
@@ -129,13 +137,13 @@ class BackgroundReuse:
                 hit, kind = self.cache.lookup_outcome(key, units, ~labels)
             if kind == "rejection" and self.refine and self.cache.policy.mode == "reuse":
                 background = self._refined_background(key, units, labels)
-                if background is not None:
-                    refined = bool((~background != labels).any())
-                    labels = ~background
+                if background is not None and bool((~background != labels).any()):
+                    refined, labels = True, ~background
+                    groups = self._selected(units, labels)
             ms["lookup"] = clock()
         if hit is not None:
-            labels = hit.object_labels
-        used = layout.with_item(0, torch.from_numpy(labels.reshape(-1)).to(torch.int8))
+            labels, groups = hit.object_labels, self._hit_groups(hit, units)
+        used = layout.with_item(0, groups)
         ids = respan(input_ids, span, used.n_background(0), used.n_object(0), self.tokens)
         new_span = self._span(ids, used)
         positions = self.family.positions(self.model, ids, used)
@@ -178,6 +186,7 @@ class BackgroundReuse:
         embeds = self._embed(ids[:, :upto], features)
         self._llm(embeds[:, :end], positions[..., :end], cache)
         payload = self._payload(cache, features[: layout.n_background(0)])
+        payload[UNIT_GROUPS] = layout.item_groups(0).reshape(-1).clone()
         hidden = self._llm(embeds[:, end:], positions[..., end:upto], cache)
         logits = self.model.lm_head(hidden[:, -1]).float()
         ms["prefill"] = clock()
@@ -194,6 +203,24 @@ class BackgroundReuse:
         if layout is not None:
             check_spans(spans, layout)
         return spans[0]
+
+    def _selected(self, units: np.ndarray, object_members: np.ndarray) -> torch.Tensor:
+        """Groups of a split computed from the request's pixels: members, with the token budget applied."""
+        members = torch.from_numpy(np.asarray(object_members).reshape(-1)).to(torch.int8)
+        if not self.selection.enabled:
+            return members
+        kept = torch.from_numpy(self.selection.select_grid(units, object_members).reshape(-1))
+        return torch.where(kept, members, members + int(Group.DROPPED))
+
+    def _hit_groups(self, hit, units: np.ndarray) -> torch.Tensor:
+        """A hit's groups: the entry's background units as cached (kept or dropped), the rest object units of
+        the request, with the token budget applied to them from the request's pixels."""
+        background = torch.from_numpy(hit.background.reshape(-1))
+        cached = hit.payload.get(UNIT_GROUPS)
+        groups = cached.to(torch.int8).clone() if cached is not None else torch.zeros_like(background, dtype=torch.int8)
+        object_groups = self._selected(units, hit.object_labels)
+        groups[~background] = object_groups[~background]
+        return groups
 
     def _refined_background(self, key: str, units: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
         """B' (rows, cols) bool after a rejection (see the module doc), or None if the policy refuses it."""

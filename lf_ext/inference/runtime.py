@@ -31,12 +31,14 @@ from lf_ext.cache.policy import VerificationPolicy
 from lf_ext.cache.redis_tier import RedisConfig, redacted
 from lf_ext.config import Settings
 from lf_ext.families import BgObjFamily
+from lf_ext.inference.metrics import observe_outcome, with_first_token_clock
 from lf_ext.inference.model_key import model_key
 from lf_ext.inference.reuse import BackgroundReuse, Outcome
 from lf_ext.layout import LAYOUT_KEY, ImageLayout
 from lf_ext.log import get_logger
 from lf_ext.patching import wrap
 from lf_ext.plugins.image_labels import REQUEST_KEY
+from lf_ext.selection import PatchSelection
 
 MIB = 1 << 20
 _RUNTIMES: "weakref.WeakKeyDictionary[nn.Module, BgObjRuntime]" = weakref.WeakKeyDictionary()
@@ -116,14 +118,17 @@ class BgObjRuntime:
             if inputs is None:
                 inputs = kwargs.pop("input_ids", None)
             requests = kwargs.pop(REQUEST_KEY, None)
+            kwargs = with_first_token_clock(kwargs)  # TTFT from here
             layout = ImageLayout.coerce(kwargs.get(LAYOUT_KEY))
             if not self._served(inputs, kwargs, layout):
                 self._record(requests, None)
+                observe_outcome(None)
                 return stock_generate(inputs=inputs, **kwargs)
             prefilled = self.reuse.prefill(inputs, kwargs.pop("pixel_values"), layout, upto=inputs.shape[1] - 1)
             for name in ("mm_token_type_ids", "attention_mask", "image_grid_thw", "position_ids", LAYOUT_KEY):
                 kwargs.pop(name, None)
             self._record(requests, prefilled.outcome)
+            observe_outcome(prefilled.outcome)
             _log(prefilled.outcome, self.cache.stats(), self.cache.redis is not None)
             ids = prefilled.input_ids
             return stock_generate(inputs=ids, attention_mask=torch.ones_like(ids), past_key_values=prefilled.past_key_values,
@@ -146,7 +151,8 @@ def install_runtime(model: nn.Module, family: BgObjFamily, settings: Settings, m
         key = model_key(model, pixels.fingerprint())  # every weight, after adapters were merged
         get_logger().info("background cache: model key %s (every weight hashed in %.0f ms), policy %s", key,
                           (time.perf_counter() - started) * 1000, keys.bgobj_cache_policy)  # fmt: skip
-        reuse = BackgroundReuse(model, family, cache_from_settings(keys, key), pixels, refine=keys.bgobj_cache_refine, key=key)
+        reuse = BackgroundReuse(model, family, cache_from_settings(keys, key), pixels, refine=keys.bgobj_cache_refine, key=key,
+                                selection=PatchSelection.from_settings(keys))  # fmt: skip
     return attach_runtime(model, BgObjRuntime(model, family, reuse))
 
 
@@ -162,6 +168,11 @@ def _current_runtime_generate(model: nn.Module, stock_generate):
         return _RUNTIMES[model].wrap_generate(stock_generate)(*args, **kwargs)
 
     return generate
+
+
+def live_runtimes() -> list[BgObjRuntime]:
+    """The runtimes of every loaded bgobj model of this process."""
+    return list(_RUNTIMES.values())
 
 
 def runtime_of(model: nn.Module) -> BgObjRuntime | None:

@@ -34,24 +34,47 @@ class MaskIndex:
     def get(self, image_path: str | None) -> dict | None:
         return self.specs.get(path_key(image_path)) if image_path else None
 
+    def add(self, image: str, kind: str, value: Any, where: str) -> None:
+        """Add one image's mask, box list or polygon list. An image listed by several records (e.g. GQA: one
+        record per question) gets the union of their boxes and polygons: its object is every region any of
+        them names, so every question about it sees the same split (and the same cached background).
+        Two different mask files for one image are an error."""
+        spec = self.specs.setdefault(path_key(image), {})
+        if kind == "mask":
+            if spec.get("mask", value) != value:
+                raise MaskError(f"{where}: image {image} already has the mask {spec['mask']}, here {value}")
+            if any(spec.get(k) for k in ("boxes", "polygons")):
+                raise MaskError(f"{where}: image {image} has boxes/polygons in another record and a mask file here")
+            spec["mask"] = value
+            return
+        if spec.get("mask"):
+            raise MaskError(f"{where}: image {image} has a mask file in another record and {kind} here")
+        merged = spec.setdefault(kind, [])
+        for shape in value or []:
+            if shape not in merged:
+                merged.append(shape)
+
     @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]], base_dir: str | Path) -> "MaskIndex":
+    def from_records(cls, records: Iterable[Mapping[str, Any]], base_dir: str | Path, name: str = "") -> "MaskIndex":
         """Read ``masks``/``boxes``/``polygons`` lists parallel to each record's ``images``."""
-        specs: dict[str, dict] = {}
+        index = cls()
+        index.extend(records, base_dir, name)
+        return index
+
+    def extend(self, records: Iterable[Mapping[str, Any]], base_dir: str | Path, name: str = "") -> None:
         for number, record in enumerate(records):
+            where = f"dataset '{name}' record {number}" if name else f"record {number}"
             images = record_images(record, base_dir)
             for field, kind in SPEC_FIELDS.items():
                 values = record.get(field)
                 if values is None:
                     continue
                 if len(values) != len(images):
-                    raise MaskError(f"record {number}: '{field}' has {len(values)} entries for {len(images)} images")
+                    raise MaskError(f"{where}: '{field}' has {len(values)} entries for {len(images)} images")
                 for image, value in zip(images, values):
                     if value is None:
                         continue
-                    value = str(Path(base_dir) / value) if kind == "mask" else value
-                    specs[image] = {kind: value}
-        return cls(specs)
+                    self.add(image, kind, str(Path(base_dir) / value) if kind == "mask" else value, where)
 
     @classmethod
     def from_dir(cls, mask_dir: str | Path) -> "MaskIndex":
@@ -66,8 +89,8 @@ class MaskIndex:
     def from_dataset(cls, dataset_dir: str | Path, names: Iterable[str]) -> "MaskIndex":
         """Read the named datasets of a LLaMA-Factory ``dataset_info.json`` folder."""
         merged = cls()
-        for _, records in read_datasets(dataset_dir, names):
-            merged.specs.update(cls.from_records(records, dataset_dir).specs)
+        for name, records in read_datasets(dataset_dir, names):
+            merged.extend(records, dataset_dir, name)
         return merged
 
 

@@ -34,6 +34,21 @@ def check_mask(mask: Any, request: MaskRequest, provider: str) -> np.ndarray:
     return mask
 
 
+INFERENCE_FALLBACK = "entropy"  # what 'auto' means in chat, api, webchat and LlamaBoard's chat
+
+
+def fallback_for(provider: str, fallback: str, inference: bool) -> str:
+    """Resolve ``bgobj_mask_fallback: auto``: ``entropy`` for inference commands, ``none`` otherwise.
+
+    Training keeps ``none`` (a sample without a mask is all background, as it always was); at inference an
+    image without a mask is usually an upload (chat, api, the board's Chat tab: in-memory images the
+    ``dataset`` provider cannot look up), which the unsupervised ``entropy`` provider splits instead.
+    """
+    if fallback != "auto":
+        return fallback
+    return INFERENCE_FALLBACK if inference and provider not in (INFERENCE_FALLBACK, "none") else "none"
+
+
 class ObjectMasker:
     """The configured provider, its fallback, the margin and the coverage rule, in one callable.
 
@@ -52,12 +67,14 @@ class ObjectMasker:
         self.fallbacks = 0
 
     @classmethod
-    def from_settings(cls, settings, fallback_on_errors: bool = False, **context: Any) -> "ObjectMasker":
-        name, fallback = settings.bgobj_mask_provider, settings.bgobj_mask_fallback
+    def from_settings(cls, settings, training: bool | None = None, **context: Any) -> "ObjectMasker":
+        """The masker of ``bgobj_*`` settings; ``training=False`` marks an inference command (see :func:`fallback_for`)."""
+        name = settings.bgobj_mask_provider
+        fallback = fallback_for(name, settings.bgobj_mask_fallback, inference=training is False)
         return cls(
             build_mask_provider(name, settings, **context), name,
             None if fallback == "error" else build_mask_provider(fallback, settings, **context), fallback,
-            settings.bgobj_mask_margin, settings.bgobj_unit_coverage, fallback_on_errors,
+            settings.bgobj_mask_margin, settings.bgobj_unit_coverage, fallback_on_errors=training is False,
         )  # fmt: skip
 
     def mask(self, request: MaskRequest) -> np.ndarray:

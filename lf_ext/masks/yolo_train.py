@@ -210,21 +210,47 @@ def train_yolo(scenes_dir: str | Path, out_dir: str | Path, *, epochs: int | Non
     return best
 
 
+TRAIN_OPTIONS = {  # train_yolo's keyword -> command-line help; defaults come from its signature
+    "epochs": "epochs (default: about %d training images' worth, see default_epochs)" % TRAIN_IMAGE_BUDGET,
+    "imgsz": "training and inference image size in pixels",
+    "batch": "images per optimizer step",
+    "seed": "random seed",
+    "threads": "torch threads (default: every core; 1 on a shared machine)",
+}
+
+
+def train_defaults() -> dict[str, Any]:
+    """``train_yolo``'s own defaults for :data:`TRAIN_OPTIONS` (the tuned recipe), read from its signature."""
+    import inspect
+
+    parameters = inspect.signature(_TRAIN_YOLO).parameters
+    return {name: parameters[name].default for name in TRAIN_OPTIONS}
+
+
+def add_train_arguments(parser: Any) -> None:
+    """Add ``--epochs --imgsz --batch --seed --threads`` with ``train_yolo``'s defaults (``lf-ext yolo-train``)."""
+    for name, default in train_defaults().items():
+        shown = "auto" if default is None else default
+        parser.add_argument(f"--{name}", type=int, default=default, help=f"{TRAIN_OPTIONS[name]} [{shown}]")
+
+
+def train_from_args(args: Any) -> Path:
+    """``train_yolo(args.scenes, args.out, ...)`` with the :data:`TRAIN_OPTIONS` found on ``args``."""
+    return train_yolo(args.scenes, args.out, **{name: getattr(args, name) for name in TRAIN_OPTIONS})
+
+
+_TRAIN_YOLO = train_yolo  # the function whose defaults the command lines show (tests may replace the module attribute)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m lf_ext.masks.yolo_train --scenes DIR --out DIR [--epochs N ...]``; prints best.pt."""
     import argparse
-    import inspect
 
-    defaults = {k: v.default for k, v in inspect.signature(train_yolo).parameters.items()}
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", required=True, help="folder made by lf_ext.scenes.generate_scenes")
     parser.add_argument("--out", required=True, help="output folder (dataset + run); keep it out of the repo")
-    for name in ("epochs", "imgsz", "batch", "seed", "threads"):
-        parser.add_argument(f"--{name}", type=int, default=defaults[name])
-    args = parser.parse_args(argv)
-    best = train_yolo(args.scenes, args.out, epochs=args.epochs, imgsz=args.imgsz, batch=args.batch, seed=args.seed,
-                      threads=args.threads)
-    print(best)
+    add_train_arguments(parser)
+    print(train_from_args(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

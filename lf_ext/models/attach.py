@@ -1,4 +1,5 @@
-"""Switch one loaded model instance to the separated layout (instance-level, no class edits).
+"""Switch one loaded model instance to layouts (instance-level, no class edits): the separated layout of a
+bgobj model, or the plain layout of a token budget on a stock model.
 
 - ``forward`` accepts ``bgobj_layout`` (declared, so ``generate`` passes it through): with pixels it
   builds the input embeddings itself (the family's separated encoding scattered at the visual
@@ -14,12 +15,14 @@
 from __future__ import annotations
 
 import inspect
+import time
 from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from lf_ext.families import BgObjFamily
+from lf_ext.inference.metrics import observe_component
 from lf_ext.layout import LAYOUT_KEY, ImageLayout, SeparatorIds
 from lf_ext.models.modules import init_separators_from
 from lf_ext.models.prefusion import BgObjCache, prefusion_cache_of
@@ -57,7 +60,9 @@ def _layout_forward(model: nn.Module, family: BgObjFamily):
                 raise ValueError("a separated layout needs input_ids (not inputs_embeds)")
             if kwargs.get("pixel_values_videos") is not None:
                 raise ValueError(f"{family.template}: a batch mixing videos with separated images is not supported")
+            started = time.perf_counter()
             embeds = embed_layout(model, family, input_ids, kwargs.pop("pixel_values"), layout)
+            observe_component("vision", time.perf_counter() - started)
             if kwargs.get("position_ids") is None:
                 kwargs["position_ids"] = family.positions(model, input_ids, layout, kwargs.get("attention_mask"))
             return stock_forward(input_ids=None, inputs_embeds=embeds, **kwargs)
@@ -119,13 +124,15 @@ def _with_prefusion_cache(model: nn.Module):
 
 
 def attach_bgobj(model: nn.Module, family: BgObjFamily) -> None:
-    """Install the separated layout on a model instance of ``family`` with a ``bgobj`` spec (idempotent)."""
+    """Install layouts on a model instance of ``family`` (idempotent): with a ``bgobj`` spec the separated
+    layout and its modules, without one (a token budget on a stock model) plain layouts only."""
     family.validate(model)
     if not wrap(model, "forward", _layout_forward(model, family), tag="bgobj_layout"):
         return
-    spec = family.spec(model)
+    spec = family.spec(model) or {}
     tokens = family.separator_tokens(model)
-    model.get_input_embeddings().register_forward_hook(_separator_hook(model, family, tokens))
+    if spec:
+        model.get_input_embeddings().register_forward_hook(_separator_hook(model, family, tokens))
     if spec.get("prefusion_layers"):
         language_model = family.language_model(model)
         family.modules(model).prefusion.share_attention_config(language_model.config)

@@ -8,6 +8,7 @@ survives transformers' checkpoint key conversion.
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import torch
 from torch import nn
@@ -38,11 +39,20 @@ class BgObjModules(nn.Module):
     training; a forward hook on the input embeddings writes these rows at the separator ids.
     """
 
-    def __init__(self, spec: dict, projector: nn.Module | None = None, decoder_layer: type | None = None):
+    def __init__(self, spec: dict, projector: nn.Module | Callable[[], nn.Module] | None = None,
+                 decoder_layer: type | None = None):  # fmt: skip
+        """``projector``: the model's projector (copied) or a factory of fresh, same-shaped projectors.
+
+        Under DeepSpeed ZeRO-3 (``deepspeed.zero.Init``) pass a factory: a deep copy of a partitioned
+        module shares its partitioning state with the original and cannot be gathered on its own; a
+        freshly constructed module is partitioned by ``zero.Init`` like any other. The copies get the
+        projector's weights later, in ``initialize_new_modules``.
+        """
         super().__init__()
         self.separators = nn.Embedding(len(SEPARATORS), spec["text_hidden_size"])
         if spec.get("split_projector"):
-            self.merger_background, self.merger_object = copy.deepcopy(projector), copy.deepcopy(projector)
+            make = (lambda: copy.deepcopy(projector)) if isinstance(projector, nn.Module) else projector
+            self.merger_background, self.merger_object = make(), make()
         if spec.get("prefusion_layers"):
             from lf_ext.models.prefusion import PrefusionStack
 

@@ -1,4 +1,6 @@
-"""The API's error contract for a client's mistakes: 4xx with a JSON ``detail``, never a 500.
+"""The API server's additions: the error contract for a client's mistakes and ``GET /metrics``.
+
+Errors: 4xx with a JSON ``detail``, never a 500.
 
 - an image payload that does not decode (bad base64, bytes that are no image, an unreachable URL)
   is **400**, naming the problem;
@@ -8,6 +10,9 @@
 
 LLaMA-Factory's route handlers call ``_process_request`` (``llamafactory.api.chat``) and the two
 ``create_*_response`` functions imported into ``llamafactory.api.app``; those are wrapped.
+
+Metrics: ``create_app`` is wrapped to add ``GET /metrics`` (Prometheus text format, see
+:mod:`lf_ext.inference.metrics`) and a middleware counting answered requests by route and status.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import binascii
 from types import ModuleType
 
 from lf_ext.masks.base import MaskError
-from lf_ext.patching import wrap
+from lf_ext.patching import call_after, wrap
 
 BAD_PAYLOAD = (binascii.Error, OSError)  # base64 errors; PIL's UnidentifiedImageError and decode errors are OSErrors
 
@@ -67,6 +72,30 @@ def _checked_before_streaming(chat_module: ModuleType):
     return make
 
 
+def _add_metrics(app, *args, **kwargs) -> None:
+    from fastapi import Response
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    from lf_ext.inference.metrics import HTTP_REQUESTS, exposition
+
+    async def count_requests(request, call_next):
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            HTTP_REQUESTS.labels(path=getattr(route, "path", "unmatched"), status=str(status)).inc()
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics():
+        body, content_type = exposition()
+        return Response(content=body, media_type=content_type)
+
+    app.add_middleware(BaseHTTPMiddleware, dispatch=count_requests)
+
+
 def patch_api_chat(chat_module: ModuleType) -> None:
     wrap(chat_module, "_process_request", _checking_payloads)
 
@@ -74,5 +103,6 @@ def patch_api_chat(chat_module: ModuleType) -> None:
 def patch_api_app(app_module: ModuleType) -> None:
     import llamafactory.api.chat as chat_module
 
+    call_after(app_module, "create_app", _add_metrics)
     wrap(app_module, "create_chat_completion_response", _mask_error_is_422)
     wrap(app_module, "create_stream_chat_completion_response", _checked_before_streaming(chat_module))

@@ -48,12 +48,18 @@ def _after_patch_config(result, config, tokenizer, model_args, *args, **kwargs) 
 
 
 def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args, **kwargs) -> None:
+    """A bgobj model gets the separated layout; a stock model under a token budget the plain layout."""
     from lf_ext.models.attach import attach_bgobj, initialize_new_modules
+    from lf_ext.selection import PatchSelection
 
     family = family_of(model)
-    if family is not None and family.spec(model) is not None:
+    if family is None:
+        return
+    if family.spec(model) is not None:
         attach_bgobj(model, family)
         initialize_new_modules(model, family)
+    elif PatchSelection.from_settings(settings_of(model_args).keys).enabled:
+        attach_bgobj(model, family)
 
 
 def _before_init_adapter(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs) -> None:

@@ -23,7 +23,8 @@ def _creating_modules(family, original_init):
             layer = None
             if spec.get("prefusion_layers"):
                 layer = family.decoder_layer_class(spec["prefusion_text_config"]["model_type"])
-            setattr(self, BGOBJ_ATTR, BgObjModules(spec, family.projector_of(self), layer))
+            # a factory, not the projector itself: fresh copies are partitioned by zero.Init like the rest
+            setattr(self, BGOBJ_ATTR, BgObjModules(spec, lambda: family.new_projector(self), layer))
 
     return __init__
 

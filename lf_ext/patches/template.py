@@ -33,14 +33,31 @@ def _bgobj_template_class(base: type) -> type:
     return BgObjTemplate
 
 
+def _plain_plugin(template, name: str | None, settings):
+    """A family's plugin in plain mode for its stock template (a token budget without separation), or None."""
+    from lf_ext.selection import PatchSelection
+
+    if not PatchSelection.from_settings(settings.keys).enabled:
+        return None
+    family = next((f for f in all_families() if f.stock_template == name), None)
+    if family is None:
+        return None
+    stock = template.mm_plugin
+    plugin = import_path(family.plugin)(image_token=stock.image_token, video_token=stock.video_token,
+                                        audio_token=stock.audio_token, expand_mm_tokens=stock.expand_mm_tokens, plain=True)  # fmt: skip
+    return plugin.bind(settings)
+
+
 def _binding_settings(original):
     def get_template_and_fix_tokenizer(tokenizer, data_args):
         template = original(tokenizer, data_args)
+        settings = settings_of(data_args)
         bind = getattr(template.mm_plugin, "bind", None)
-        if bind is None:
+        plugin = bind(settings) if bind is not None else _plain_plugin(template, data_args.template, settings)
+        if plugin is None:
             return template
         bound = copy.copy(template)
-        bound.mm_plugin = bind(settings_of(data_args))
+        bound.mm_plugin = plugin
         return bound
 
     return get_template_and_fix_tokenizer

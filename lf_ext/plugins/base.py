@@ -7,11 +7,14 @@ the few lines that differ (how an item's tokens are wrapped, extra model inputs)
 2. runs the stock processor, then labels every token unit with the settings' mask provider at the
    processor's geometry (checked against the processor's own grid);
 3. with ``bgobj_sibling_prob``, serves chosen training images a verified sibling's background;
-4. returns the stock inputs plus the packed :class:`~lf_ext.layout.ImageLayout` (``bgobj_layout``)
-   and the request ids (``bgobj_request``), and expands each ``<image>`` into the separated layout.
+4. with ``bgobj_patch_selection``, drops units by entropy inside each group (:mod:`lf_ext.selection`);
+5. returns the stock inputs plus the packed :class:`~lf_ext.layout.ImageLayout` (``bgobj_layout``)
+   and the request ids (``bgobj_request``), and expands each ``<image>`` into the layout.
 
 The plugin of a registered template holds default settings; ``get_template_and_fix_tokenizer``
-hands every command a copy bound to its own settings (:meth:`BgObjPluginMixin.bind`).
+hands every command a copy bound to its own settings (:meth:`BgObjPluginMixin.bind`). A *plain*
+plugin (``plain=True``) serves a family's stock template under a token budget: no mask, no
+separators, every unit a background member, only the selection applies.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from lf_ext.layout import LAYOUT_KEY, ImageLayout
 from lf_ext.masks.base import MaskError
 from lf_ext.plugins.image_labels import REQUEST_KEY, OpenedImage, UnitLabeler, open_original
 from lf_ext.plugins.siblings import Sibling, SiblingSampler
+from lf_ext.selection import PatchSelection
 
 
 @dataclass
@@ -42,6 +46,7 @@ class BgObjPluginMixin:
     _labeler: UnitLabeler | None = field(default=None, repr=False, compare=False)
     _siblings: SiblingSampler | None = field(default=None, repr=False, compare=False)
     _records: RecordLocator | None = field(default=None, repr=False, compare=False)
+    plain: bool = field(default=False, repr=False)
 
     # ------------------------------------------------------------------ settings
     def bind(self, settings: Settings):
@@ -89,6 +94,9 @@ class BgObjPluginMixin:
         grids = family.unit_grids(mm_inputs, processor)
         labels = []
         for index, (item, grid) in enumerate(zip(opened, grids)):
+            if self.plain:
+                labels.append(torch.zeros(grid[1] * grid[2], dtype=torch.bool))
+                continue
             geometry = family.token_grid(item.image.width, item.image.height, processor)
             try:
                 if (1, *geometry.shape) != tuple(grid):
@@ -96,9 +104,14 @@ class BgObjPluginMixin:
                 labels.append(torch.from_numpy(self.labeler.labels(item.image, item.source, geometry).reshape(-1)))
             except MaskError as err:
                 raise MaskError(f"{self._where(index, len(images), item.source)}: {err}") from None
-        layout = ImageLayout.from_labels(grids, torch.cat(labels))
-        if self.siblings.enabled():
+        layout = ImageLayout.from_labels(grids, torch.cat(labels), separated=not self.plain)
+        if self.siblings.enabled() and not self.plain:
             mm_inputs, layout = self._serve_siblings(opened, mm_inputs, layout, processor)
+        selection = PatchSelection.from_settings(self.settings.keys)
+        if selection.enabled:
+            pixels = family.pixel_units(processor.image_processor)
+            for item in range(len(layout)):
+                layout = selection.apply(layout, item, pixels.units(mm_inputs["pixel_values"], layout, item))
         mm_inputs[LAYOUT_KEY] = layout.pack()
         if any(o.request is not None for o in opened):
             mm_inputs[REQUEST_KEY] = torch.tensor([-1 if o.request is None else int(o.request) for o in opened])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from io import BytesIO
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from lf_ext.config import Settings
+from lf_ext.inference.metrics import observe_component
 from lf_ext.masks.base import MaskError
 from lf_ext.masks.geometry import TokenGrid
 from lf_ext.masks.pipeline import ObjectMasker
@@ -80,7 +82,7 @@ class UnitLabeler:
 
     def masker(self) -> ObjectMasker:
         if self._masker is None:
-            self._masker = ObjectMasker.from_settings(self.settings.keys, fallback_on_errors=not self.settings.training,
+            self._masker = ObjectMasker.from_settings(self.settings.keys, training=self.settings.training,
                                                       lf_args=self.settings.lf_args)  # fmt: skip
         return self._masker
 
@@ -92,7 +94,9 @@ class UnitLabeler:
         if key is not None and key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
+        started = time.perf_counter()
         labels = self.masker().labels(image, grid, source=source)
+        observe_component("mask", time.perf_counter() - started)
         if key is not None:
             self._cache[key] = labels
             while len(self._cache) > self.CACHE_SIZE:

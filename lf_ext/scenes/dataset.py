@@ -254,10 +254,23 @@ signature being the sorted (kind, color) list of the objects - never occurs in b
 """
 
 
+def merged_dataset_info(path: Path) -> dict:
+    """The scenes' entries added to (or replacing those in) an existing ``dataset_info.json``.
+
+    Other entries keep their place and content, so the scenes can be generated into a LLaMA-Factory
+    data folder that registers other datasets too (the repository's ``data/``).
+    """
+    existing = json.loads(path.read_text()) if path.is_file() else {}
+    if not isinstance(existing, dict):
+        raise ValueError(f"{path} is not a JSON object of dataset entries")
+    return existing | dataset_info()
+
+
 def _write_outputs(out: Path, records: dict[str, list[dict]], summary: dict) -> None:
     for split in SPLITS:
         (out / f"scenes_{split}.json").write_text(json.dumps(records[split], indent=1) + "\n")
-    (out / "dataset_info.json").write_text(json.dumps(dataset_info(), indent=2) + "\n")
+    info = merged_dataset_info(out / "dataset_info.json")
+    (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     (out / "README.md").write_text(_readme(summary))
 
 
@@ -284,7 +297,8 @@ def generate_scenes(out_dir: str | Path, *, num_backgrounds: int = 12, images_pe
     ``images_per_background`` images with distinct object signatures, split as in
     :func:`plan_background`; ``sibling_group`` is ``"<split>/<background_id>"``.
     Output is byte-identical for the same arguments. Existing files with the same
-    names are overwritten; other files are left alone.
+    names are overwritten, except ``dataset_info.json``, whose other entries are kept
+    (:func:`merged_dataset_info`); other files are left alone.
     """
     n_bg, per_bg, width, height, seed, test_fraction = _validate(
         num_backgrounds, images_per_background, image_size, seed, test_fraction)

@@ -49,6 +49,10 @@ class LlavaFamily(BgObjFamily):
     def projector_of(self, owner: nn.Module) -> nn.Module:
         return owner.multi_modal_projector
 
+    def new_projector(self, owner: nn.Module) -> nn.Module:
+        """A fresh ``LlavaMultiModalProjector(config)`` (partitioned by ZeRO-3's ``zero.Init`` like the rest)."""
+        return type(owner.multi_modal_projector)(owner.config)
+
     def validate(self, model: nn.Module) -> None:
         check_tower(inner_model(model).vision_tower, model.config.vision_feature_select_strategy)
 
@@ -73,12 +77,12 @@ class LlavaFamily(BgObjFamily):
         return LlavaPixelUnits.from_image_processor(image_processor)
 
     # forward -----------------------------------------------------------------------------------
-    def vision_dtype(self, model: nn.Module) -> torch.dtype:
-        return inner_model(model).vision_tower.dtype
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return inner_model(model).vision_tower
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout, groups=TOKEN_GROUPS) -> torch.Tensor:
         inner = inner_model(model)
-        if self.spec(model).get("split_projector"):
+        if (self.spec(model) or {}).get("split_projector"):
             modules = self.modules(model)
             projector = lambda features, is_object: modules("project", features, is_object)  # noqa: E731  (via PEFT wrappers)
         else:

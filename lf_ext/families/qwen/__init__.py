@@ -49,6 +49,13 @@ class Qwen2VLFamily(BgObjFamily):
     def projector_of(self, owner: nn.Module) -> nn.Module:
         return owner.merger
 
+    def new_projector(self, owner: nn.Module) -> nn.Module:
+        """``PatchMerger`` / ``Qwen2_5_VLPatchMerger(dim, context_dim, spatial_merge_size)`` of the merger's shape
+        (read from plain attributes, which ZeRO-3 partitioning leaves alone)."""
+        merger, merge = owner.merger, owner.config.spatial_merge_size
+        return type(merger)(dim=merger.mlp[-1].out_features, context_dim=merger.hidden_size // merge**2,
+                            spatial_merge_size=merge)  # fmt: skip
+
     # pixels ------------------------------------------------------------------------------------
     def token_grid(self, width: int, height: int, processor):
         ip = processor.image_processor
@@ -68,20 +75,25 @@ class Qwen2VLFamily(BgObjFamily):
         return QwenPixelUnits.from_image_processor(image_processor)
 
     # forward -----------------------------------------------------------------------------------
-    def vision_dtype(self, model: nn.Module) -> torch.dtype:
-        return inner_model(model).visual.dtype
+    def vision_tower(self, model: nn.Module) -> nn.Module:
+        return inner_model(model).visual
 
     def encode(self, model: nn.Module, pixel_values: torch.Tensor, layout: ImageLayout, groups=TOKEN_GROUPS) -> torch.Tensor:
         visual = inner_model(model).visual
         projector = None
-        if self.spec(model).get("split_projector"):
+        if (self.spec(model) or {}).get("split_projector"):
             modules = self.modules(model)
             projector = lambda hidden, is_object: modules("project", hidden, is_object)  # noqa: E731  (via PEFT wrappers)
         return encode_units(visual, pixel_values, layout, groups, projector)
 
     def positions(self, model: nn.Module, input_ids: torch.Tensor, layout: ImageLayout,
                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        return rope.separated_positions(input_ids, layout, self.separator_tokens(model), attention_mask)[0]
+        return rope.layout_positions(input_ids, layout, self.separator_tokens(model), attention_mask,
+                                     self.tokens_per_second(model.config))[0]  # fmt: skip
+
+    def tokens_per_second(self, config) -> int | None:
+        """The temporal position scale of videos (None: a step of 1 per slice, as Qwen2-VL)."""
+        return None
 
     def stock_features(self, model: nn.Module, mm_inputs: dict) -> torch.Tensor:
         visual = inner_model(model).visual
@@ -96,7 +108,7 @@ class Qwen2VLFamily(BgObjFamily):
         inner = inner_model(model)
         stock = inner.get_rope_index
         if not isinstance(stock, functools.partial):
-            inner.get_rope_index = functools.partial(rope.separated_rope_index, stock, tokens)
+            inner.get_rope_index = functools.partial(rope.separated_rope_index, stock, tokens, self.tokens_per_second(model.config))
 
     def prefusion_positions(self, position_ids, hidden: torch.Tensor, past_length: int):
         return rope.prefusion_positions(position_ids, hidden, past_length)
@@ -109,6 +121,9 @@ class Qwen25VLFamily(Qwen2VLFamily):
     name = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
     init_targets = {"transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": "Qwen2_5_VisionTransformerPretrainedModel"}
+
+    def tokens_per_second(self, config) -> int | None:
+        return int(config.vision_config.tokens_per_second)
 
 
 QWEN2_VL = Qwen2VLFamily()
