@@ -10,7 +10,8 @@ One registry per process (:data:`REGISTRY`), separate from ``prometheus_client``
   separated encoding), ``lookup`` and ``prefill`` (per generation the cache served);
 - ``lf_ext_cache_*``: the counters and sizes of every loaded model's background cache
   (:meth:`~lf_ext.cache.BackgroundCache.stats`: lookups, hits, misses, rejections, evictions,
-  disk-tier counters; entries and bytes as gauges), read at scrape time, labelled by model key.
+  disk- and Redis-tier counters; entries, bytes and redis_bytes as gauges), read at scrape time, labelled
+  by model key.
 """
 
 from __future__ import annotations
