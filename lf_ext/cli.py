@@ -134,6 +134,12 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
                            base_steps=args.base_steps, extra_steps=args.extra_steps,
                            image_max_pixels=args.image_max_pixels, image_min_pixels=args.image_min_pixels,
                            bgobj_keys=keys, limit=args.limit, arch=args.arch)  # fmt: skip
+    elif args.bench_command == "replicas":
+        from lf_ext.bench.replicas import run_bench_replicas
+
+        run_bench_replicas(args.json, cameras=args.cameras, frames=args.frames, places=args.places, repeats=args.repeats,
+                           px=args.px, clients=args.clients, requests=args.requests, workdir=args.workdir,
+                           cache_mb=args.cache_mb)  # fmt: skip
     elif args.bench_command == "train":
         from lf_ext.bench.train import run_bench_train
 
@@ -311,6 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_acc.add_argument("--limit", type=int, default=None, help="at most this many test questions")
     bench_acc.add_argument("--arch", default="qwen2_vl", choices=_bgobj_archs(), help="model family of the tiny model")
     bench_acc.set_defaults(func=_cmd_bench, takes_bgobj=True)
+
+    bench_rep = bench.add_parser("replicas", help="2 api replicas, round-robin: hit rate and latency with and without "
+                                 "the shared Redis tier, a load test and a Redis outage")  # fmt: skip
+    bench_rep.add_argument("--json", required=True)
+    bench_rep.add_argument("--cameras", type=int, default=4)
+    bench_rep.add_argument("--frames", type=int, default=16, help="frames per camera")
+    bench_rep.add_argument("--places", type=int, default=8, help="spots each camera's object patrols")
+    bench_rep.add_argument("--repeats", type=int, default=3, help="sets of cameras (other backgrounds) per phase")
+    bench_rep.add_argument("--px", type=int, default=224, help="frame size in pixels")
+    bench_rep.add_argument("--clients", type=int, default=8, help="load test: concurrent clients")
+    bench_rep.add_argument("--requests", type=int, default=200, help="load test: requests per client")
+    bench_rep.add_argument("--cache-mb", type=float, default=8.0, help="bgobj_cache_max_mb of each replica")
+    bench_rep.add_argument("--workdir", default="work/bench/replicas", help="tiny checkpoint, recipes and server logs")
+    bench_rep.set_defaults(func=_cmd_bench)
 
     bench_cache = bench.add_parser("cache", help="background cache lookup latency with many entries")
     bench_cache.add_argument("--json", required=True)

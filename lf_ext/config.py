@@ -95,6 +95,14 @@ class BgObjArguments:
                                     "nearest entry (drops changing regions such as clocks).")
     bgobj_cache_dir: str = _key("", "Inference: folder of the optional disk tier (safetensors); empty = memory only.")
     bgobj_cache_disk_max_mb: float = _key(0.0, "Inference: bound of the disk tier in MiB; 0 = unbounded.")
+    bgobj_cache_redis_url: str = _key("", "Inference: Redis URL of a background tier shared by replicas of the model "
+                                      "(redis://host:port/db, rediss://..., unix:///path.sock); empty = off.")
+    bgobj_cache_redis_max_mb: float = _key(1024.0, "Inference: bound of this model's entries in Redis in MiB (least "
+                                           "recently used evicted first); 0 = unbounded.")
+    bgobj_cache_redis_ttl_s: float = _key(0.0, "Inference: entries expire from Redis this many seconds after they were "
+                                          "written; 0 = never.")
+    bgobj_cache_redis_timeout_s: float = _key(0.25, "Inference: socket timeout of each Redis call in seconds; after an "
+                                              "error Redis is skipped (requests served locally) and retried with back-off.")
 
     def __post_init__(self):
         _check_ranges(self)
@@ -107,9 +115,16 @@ def _check_ranges(s: "BgObjArguments") -> None:
         raise BgObjConfigError(f"bgobj_prefusion_layers must be >= 0, got {s.bgobj_prefusion_layers}.")
     if not 0.0 <= s.bgobj_sibling_prob <= 1.0:
         raise BgObjConfigError(f"bgobj_sibling_prob must be in [0, 1], got {s.bgobj_sibling_prob}.")
-    for name in ("bgobj_cache_max_mb", "bgobj_cache_unit_threshold", "bgobj_cache_disk_max_mb"):
+    for name in ("bgobj_cache_max_mb", "bgobj_cache_unit_threshold", "bgobj_cache_disk_max_mb", "bgobj_cache_redis_max_mb",
+                 "bgobj_cache_redis_ttl_s"):  # fmt: skip
         if getattr(s, name) < 0:
             raise BgObjConfigError(f"{name} must be >= 0, got {getattr(s, name)}.")
+    if not s.bgobj_cache_redis_timeout_s > 0:
+        raise BgObjConfigError(f"bgobj_cache_redis_timeout_s must be > 0, got {s.bgobj_cache_redis_timeout_s}.")
+    problem = _redis_url_problem(s.bgobj_cache_redis_url) if s.bgobj_cache_redis_url else None
+    if problem:
+        raise BgObjConfigError(f"bgobj_cache_redis_url is not a Redis URL (redis://host:port/db, rediss://..., "
+                               f"unix:///path.sock): {s.bgobj_cache_redis_url!r} ({problem}).")
     if not 0.0 <= s.bgobj_cache_min_coverage <= 1.0:
         raise BgObjConfigError(f"bgobj_cache_min_coverage must be in [0, 1], got {s.bgobj_cache_min_coverage}.")
     if not 0.0 < s.bgobj_patch_alpha <= 1.0:
@@ -138,6 +153,25 @@ def _check_ranges(s: "BgObjArguments") -> None:
         raise BgObjConfigError(f"bgobj_mask_dir not found: {s.bgobj_mask_dir!r}.")
     if s.bgobj_mask_fallback == s.bgobj_mask_provider and s.bgobj_mask_provider != "none":
         raise BgObjConfigError("bgobj_mask_fallback must differ from bgobj_mask_provider.")
+
+
+def _redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a usable Redis URL, or None."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError on a malformed port
+    except ValueError as err:
+        return str(err)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        return f"scheme {parts.scheme or '(none)'!r} is not redis, rediss or unix"
+    if parts.scheme == "unix":
+        return None if parts.path else "no socket path"
+    db = parts.path.strip("/")
+    if not parts.hostname or port == 0:
+        return "no host" if not parts.hostname else "port 0"
+    return f"database {db!r} is not a number" if db and not db.isdigit() else None
 
 
 def _is_number(text: str) -> bool:

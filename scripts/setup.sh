@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${LF_EXT_VENV:-.venv}
 PY=${PYTHON:-python3.11}
+bash scripts/install_redis.sh  # a system package: checked even when .venv is up to date
 stamp="$VENV/.lf_ext_setup_stamp"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 

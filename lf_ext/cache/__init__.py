@@ -4,7 +4,7 @@ See :mod:`lf_ext.cache.store` for the policy (verified per-unit reuse, byte-boun
 safetensors disk tier).
 """
 
-from lf_ext.cache.disk import CorruptEntryError
+from lf_ext.cache.codec import CorruptEntryError
 from lf_ext.cache.entry import CacheEntry, CacheHit
 from lf_ext.cache.fingerprint import fingerprint, max_unit_distance, probe_positions
 from lf_ext.cache.store import BackgroundCache

@@ -27,7 +27,7 @@ class CacheHit:
     background: np.ndarray
     payload: dict[str, torch.Tensor]
     max_unit_distance: float
-    source: str  # "memory" or "disk"
+    source: str  # "memory", "disk" or "redis"
 
     @property
     def object_labels(self) -> np.ndarray:

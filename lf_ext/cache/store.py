@@ -12,7 +12,8 @@ image hits it only if every unit of B is within ``unit_threshold`` (mean absolut
    exact candidates may serve the request's own split, and their order (closest split first);
 4. outside the lock, verify up to ``max_candidates`` of them in that order against the full stored
    pixels; the first that passes is the hit;
-5. on a memory miss the disk index is searched the same way; a disk hit is promoted to memory.
+5. on a memory miss the disk index is searched the same way, then the Redis index (if any); a disk or
+   Redis hit is promoted to memory.
 
 A lookup is a *hit*, a *rejection* (near entries existed but none verified) or a *miss* (none).
 After a rejection, :meth:`BackgroundCache.refined_background` gives the request's own background
@@ -32,6 +33,14 @@ directory and the disk index agree whenever no call is in flight. The disk index
 file headers at start-up (one cache per directory). ``disk_max_bytes`` bounds the directory
 (oldest file deleted first). A corrupt, truncated or missing file is a miss (counted, file
 deleted), never an exception and never a payload. Memory entries are not written at exit.
+
+Redis tier (``redis``, :mod:`lf_ext.cache.redis_tier`): shared by every cache with the same namespace
+(replicas of one model). Inserts write through to it; a lookup that misses memory and disk asks its
+index for the group (context key, grid), ranks and verifies the candidates exactly as local ones (the
+verification always happens here, in the replica that serves) and promotes a hit to memory; the
+entry stays in Redis. Candidates the local tiers already tried in the lookup are not fetched again. Redis faults (down, slow,
+corrupt bytes) are counted and the request is served locally. :meth:`clear` and :meth:`withheld`
+do not touch Redis, and refinement looks at memory entries only.
 """
 
 from __future__ import annotations
@@ -44,7 +53,8 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from lf_ext.cache.disk import CorruptEntryError, DiskRecord, DiskTier
+from lf_ext.cache.codec import CorruptEntryError, EntryRecord
+from lf_ext.cache.disk import DiskTier
 from lf_ext.cache.entry import (
     CacheEntry,
     CacheHit,
@@ -62,12 +72,15 @@ from lf_ext.cache.fingerprint import (
     probe_tolerance,
 )
 from lf_ext.cache.policy import VerificationPolicy
+from lf_ext.cache.redis_tier import COUNTERS as REDIS_COUNTERS
+from lf_ext.cache.redis_tier import RedisConfig, RedisTier
 from lf_ext.cache.tier import Tier
 from lf_ext.log import get_logger
 
 COUNTERS = ("lookups", "hits", "misses", "rejections", "verifications", "inserts", "replaced", "promotions", "evictions",
             "skipped_low_coverage", "skipped_too_large", "disk_hits", "disk_misses", "disk_corrupt",
-            "disk_missing", "disk_stale", "disk_writes", "disk_write_errors", "disk_evictions")  # fmt: skip
+            "disk_missing", "disk_stale", "disk_writes", "disk_write_errors", "disk_evictions", "redis_hits",
+            "redis_misses")  # fmt: skip
 
 
 class BackgroundCache:
@@ -76,9 +89,10 @@ class BackgroundCache:
     def __init__(self, max_bytes: int, *, unit_threshold: float = 4.0, min_coverage: float = 0.3,
                  disk_dir: str | Path | None = None, max_candidates: int = 4, candidate_match: float = 0.75,
                  disk_max_bytes: int | None = None, policy: VerificationPolicy | None = None,
-                 namespace: str = "") -> None:  # fmt: skip
+                 namespace: str = "", redis: RedisConfig | None = None) -> None:  # fmt: skip
         """``policy`` (or ``unit_threshold`` and ``min_coverage``): what a hit is, see :mod:`lf_ext.cache.policy`;
-        ``namespace``: the model key, written into disk entries (entries of another namespace are dropped)."""
+        ``namespace``: the model key, written into disk entries (entries of another namespace are dropped)
+        and into every Redis key; ``redis``: the shared tier, if any."""
         if max_bytes < 0 or max_candidates < 1 or not 0 <= candidate_match <= 1:
             raise ValueError("need max_bytes >= 0, max_candidates >= 1, 0 <= candidate_match <= 1")
         self.policy = policy if policy is not None else VerificationPolicy(float(unit_threshold), float(min_coverage))
@@ -92,6 +106,9 @@ class BackgroundCache:
         self._disk = DiskTier(disk_dir, namespace) if disk_dir is not None else None
         if self._disk is not None:
             self._load_disk_index()
+        self._remote = RedisTier(redis, namespace) if redis is not None else None
+        self._lower_tiers = [search for search, on in ((self._lookup_disk, self._disk), (self._lookup_remote, self._remote))
+                             if on is not None]  # fmt: skip
 
     # ----------------------------------------------------------------- public API
     def lookup(self, context_key: str, units: np.ndarray, own_background: np.ndarray | None = None) -> CacheHit | None:
@@ -111,13 +128,14 @@ class BackgroundCache:
         key = (context_key, units.shape[0], units.shape[1], units.shape[2])
         fp = fingerprint(units, self._probes)
         with self._lock:
-            candidates, near = self._memory.query(key, fp)
-            if self.policy.mode == "exact" and own_background is not None:
-                near = len(self.policy.candidates(self._memory.nearest(key, fp, None), own_background))
+            candidates, near = self._query(self._memory, key, fp, own_background)
         hit, tried = self._verify(self._choose(candidates, own_background), units, "memory")
-        if hit is None and self._disk is not None:
-            hit, disk_near, disk_tried = self._lookup_disk(key, fp, units, own_background)
-            near, tried = near + disk_near, tried + disk_tried
+        seen = {entry.entry_id for entry in candidates}  # considered already: a lower tier skips them
+        for search in self._lower_tiers:
+            if hit is not None:
+                break
+            hit, tier_near, tier_tried = search(key, fp, units, own_background, seen)
+            near, tried = near + tier_near, tried + tier_tried
         with self._lock:
             self._count_lookup(hit, near, tried)
         return hit, "hit" if hit is not None else "rejection" if near > 0 else "miss"
@@ -155,22 +173,27 @@ class BackgroundCache:
             return None
         entry = build_entry(context_key, units, labels, payload, self._probes)
         self._admit(entry, "inserts")
+        if self._remote is not None:
+            self._remote.put(entry)  # write through (outside the lock)
         return entry.entry_id
 
     def stats(self) -> dict[str, int | float]:
         """Counters and sizes. ``lookups == hits + misses + rejections``; ``verifications`` counts
-        exact pixel checks; ``disk_hits`` are included in ``hits``; ``disk_misses`` counts lookups
-        that also found nothing on disk; ``promotions`` are disk hits moved back to memory;
-        ``bytes``/``disk_bytes`` are the payload + B-pixel bytes in memory / the file sizes on disk."""
+        exact pixel checks; ``disk_hits``/``redis_hits`` are included in ``hits``; ``disk_misses``/
+        ``redis_misses`` count lookups that also found nothing on disk / in Redis; ``promotions`` are
+        disk or Redis hits moved into memory; ``bytes``/``disk_bytes`` are the payload + B-pixel bytes in
+        memory / the file sizes on disk. The ``redis_*`` counters of faults and writes and ``redis_bytes``
+        (the namespace's bytes in Redis, as last reported) are described in :mod:`lf_ext.cache.redis_tier`."""
+        remote = self._remote.stats() if self._remote is not None else dict.fromkeys((*REDIS_COUNTERS, "redis_bytes", "redis_up"), 0)
         with self._lock:
-            out: dict[str, int | float] = dict(self._counts)
+            out: dict[str, int | float] = dict(self._counts, **remote)
             out.update(entries=len(self._memory), bytes=self._memory.nbytes, max_bytes=self.max_bytes,
                        disk_entries=len(self._on_disk), disk_bytes=self._on_disk.nbytes)  # fmt: skip
         out["hit_rate"] = out["hits"] / out["lookups"] if out["lookups"] else 0.0
         return out
 
     def clear(self) -> None:
-        """Drop every entry, in memory and on disk; counters are kept."""
+        """Drop every entry, in memory and on disk (not in Redis: other replicas share it); counters are kept."""
         with self._lock:
             self._memory.clear()
             for record in self._on_disk.clear():
@@ -190,6 +213,11 @@ class BackgroundCache:
                     if entry.entry_id not in self._memory:
                         self._memory.add(entry)
 
+    @property
+    def redis(self) -> RedisTier | None:
+        """The shared Redis tier, if configured."""
+        return self._remote
+
     def entry_ids(self) -> list[str]:
         """Ids of the entries in memory, least recently used first."""
         with self._lock:
@@ -205,6 +233,13 @@ class BackgroundCache:
             return entry_id in self._memory
 
     # ----------------------------------------------------------------- lookup helpers
+    def _query(self, tier: Tier, key: IndexKey, fp: np.ndarray, own_background: np.ndarray | None) -> tuple[list, int]:
+        """(exact candidates, near count) of ``tier``; under ``exact`` only entries with the own split are near."""
+        candidates, near = tier.query(key, fp)
+        if self.policy.mode == "exact" and own_background is not None:
+            near = len(self.policy.candidates(tier.nearest(key, fp, None), own_background))
+        return candidates, near
+
     def _choose(self, candidates: list, own_background: np.ndarray | None) -> list:
         """The candidates the policy allows, in its order, at most ``max_candidates`` of them."""
         return self.policy.candidates(candidates, own_background)[: self.max_candidates]
@@ -217,27 +252,43 @@ class BackgroundCache:
                 return CacheHit(entry.entry_id, entry.background, entry.payload, distance, source), tried
         return None, len(candidates)
 
-    def _lookup_disk(self, key: IndexKey, fp: np.ndarray, units: np.ndarray, own_background: np.ndarray | None
-                     ) -> tuple[CacheHit | None, int, int]:  # fmt: skip
+    def _lookup_disk(self, key: IndexKey, fp: np.ndarray, units: np.ndarray, own_background: np.ndarray | None,
+                     seen: set[str]) -> tuple[CacheHit | None, int, int]:  # fmt: skip
         with self._lock:
-            records, near = self._on_disk.query(key, fp)
-            if self.policy.mode == "exact" and own_background is not None:
-                near = len(self.policy.candidates(self._on_disk.nearest(key, fp, None), own_background))
+            records, near = self._query(self._on_disk, key, fp, own_background)
+        seen.update(record.entry_id for record in records)
+        return self._fetch_verified(records, near, units, own_background, self._read, "disk")
+
+    def _lookup_remote(self, key: IndexKey, fp: np.ndarray, units: np.ndarray, own_background: np.ndarray | None,
+                       seen: set[str]) -> tuple[CacheHit | None, int, int]:  # fmt: skip
+        """Search the Redis index of the group, but for the candidates the local tiers considered in this
+        lookup (an entry another request promoted meanwhile is not skipped)."""
+        tier = Tier(self._memory.tolerance, self._memory.candidate_match)
+        for record in self._remote.records(key):
+            if record.entry_id not in seen and self._fits(record):
+                tier.add(record)
+        records, near = self._query(tier, key, fp, own_background)
+        return self._fetch_verified(records, near, units, own_background, self._remote.fetch, "redis")
+
+    def _fetch_verified(self, records: list[EntryRecord], near: int, units: np.ndarray, own_background: np.ndarray | None,
+                        read, source: str) -> tuple[CacheHit | None, int, int]:  # fmt: skip
+        """Read (``read(record)`` -> entry or None) and verify the policy's candidates in order; a hit is
+        promoted to memory. Returns (hit or None, near count without unreadable records, number tried)."""
         tried = 0
         for record in self._choose(records, own_background):
-            entry = self._read(record)
+            entry = read(record)
             if entry is None:
-                near -= 1  # an unreadable file is no candidate: the lookup may end as a miss
+                near -= 1  # an unreadable entry is no candidate: the lookup may end as a miss
                 continue
-            hit, n = self._verify([entry], units, "disk")
+            hit, n = self._verify([entry], units, source)
             tried += n
             if hit is not None:
-                if entry.nbytes <= self.max_bytes:  # promote to memory; this drops the disk copy
+                if entry.nbytes <= self.max_bytes:  # promote to memory (this drops a disk copy)
                     self._admit(entry, "promotions")
                 return hit, near, tried
         return None, near, tried
 
-    def _read(self, record: DiskRecord) -> CacheEntry | None:
+    def _read(self, record: EntryRecord) -> CacheEntry | None:
         """The entry of ``record``, or None (counted, and the file removed) if missing or corrupt."""
         try:
             return self._disk.read(record)
@@ -260,10 +311,12 @@ class BackgroundCache:
         if hit is not None:
             c["hits"] += 1
             c["disk_hits"] += hit.source == "disk"
+            c["redis_hits"] += hit.source == "redis"
             self._memory.touch(hit.entry_id)
             return
         c["rejections" if near > 0 else "misses"] += 1
         c["disk_misses"] += self._disk is not None
+        c["redis_misses"] += self._remote is not None
 
     # ----------------------------------------------------------------- storage
     def _admit(self, entry: CacheEntry, counter: str) -> None:
@@ -322,10 +375,14 @@ class BackgroundCache:
         for record in records:
             if record.namespace != self._disk.namespace:
                 continue
-            _, rows, cols, _ = record.key
-            if len(record.probes) != len(probe_positions(rows, cols, self._probes)[0]):
+            if not self._fits(record):
                 self._counts["disk_corrupt"] += 1
                 self._disk.remove(record.entry_id)
                 continue
             self._on_disk.add(record)
         self._trim_disk()
+
+    def _fits(self, record: EntryRecord) -> bool:
+        """Whether a stored record's fingerprint has this cache's probe count for its grid."""
+        _, rows, cols, _ = record.key
+        return len(record.probes) == len(probe_positions(rows, cols, self._probes)[0])

@@ -10,7 +10,8 @@ One registry per process (:data:`REGISTRY`), separate from ``prometheus_client``
   separated encoding), ``lookup`` and ``prefill`` (per generation the cache served);
 - ``lf_ext_cache_*``: the counters and sizes of every loaded model's background cache
   (:meth:`~lf_ext.cache.BackgroundCache.stats`: lookups, hits, misses, rejections, evictions,
-  disk-tier counters; entries and bytes as gauges), read at scrape time, labelled by model key.
+  disk- and Redis-tier counters; entries, bytes and redis_bytes as gauges), read at scrape time, labelled
+  by model key.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ COMPONENT = Histogram("lf_ext_component_seconds", "Time of one component of a re
                       buckets=_SECONDS, registry=REGISTRY)  # fmt: skip
 COMPONENTS = ("mask", "lookup", "vision", "prefill")
 
-GAUGES = {"entries", "bytes", "max_bytes", "disk_entries", "disk_bytes", "hit_rate"}
+GAUGES = {"entries", "bytes", "max_bytes", "disk_entries", "disk_bytes", "hit_rate", "redis_bytes", "redis_up"}
 
 
 _LISTENERS: list = []  # callables (component, seconds), e.g. lf-ext eval's per-request timer

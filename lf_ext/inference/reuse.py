@@ -65,6 +65,7 @@ class Outcome:
     max_unit_distance: float | None = None
     ms: dict[str, float] = field(default_factory=dict)
     refined: bool = False  # a rejection answered and inserted with the background shared with the nearest entry
+    source: str | None = None  # where a hit's entry was found: "memory", "disk" or "redis"
 
 
 @dataclass
@@ -148,7 +149,8 @@ class BackgroundReuse:
         positions = self.family.positions(self.model, ids, used)
         if hit is not None:
             cache, logits = self._prefill_hit(ids, positions, pixel_values, used, new_span, hit.payload, upto, ms)
-            outcome = Outcome("hit", used.n_background(0), used.n_object(0), hit.entry_id, False, hit.max_unit_distance, ms)
+            outcome = Outcome("hit", used.n_background(0), used.n_object(0), hit.entry_id, False, hit.max_unit_distance, ms,
+                              source=hit.source)  # fmt: skip
         else:
             (cache, logits), payload = self._prefill_full(ids, positions, pixel_values, used, new_span, upto, ms)
             entry = None

@@ -28,6 +28,7 @@ from torch import nn
 
 from lf_ext.cache import BackgroundCache
 from lf_ext.cache.policy import VerificationPolicy
+from lf_ext.cache.redis_tier import RedisConfig, redacted
 from lf_ext.config import Settings
 from lf_ext.families import BgObjFamily
 from lf_ext.inference.metrics import observe_outcome, with_first_token_clock
@@ -45,10 +46,17 @@ _RUNTIMES: "weakref.WeakKeyDictionary[nn.Module, BgObjRuntime]" = weakref.WeakKe
 
 def cache_from_settings(keys, namespace: str = "") -> BackgroundCache:
     """A :class:`BackgroundCache` configured by the ``bgobj_cache_*`` keys; ``namespace``: the model key."""
+    redis = None
+    if keys.bgobj_cache_redis_url:
+        redis = RedisConfig(keys.bgobj_cache_redis_url, int(keys.bgobj_cache_redis_max_mb * MIB), keys.bgobj_cache_redis_ttl_s,
+                            keys.bgobj_cache_redis_timeout_s)  # fmt: skip
+        get_logger().info("background cache: shared Redis tier at %s (namespace %s, bound %.0f MiB, ttl %s)",
+                          redacted(redis.url), namespace or "''", keys.bgobj_cache_redis_max_mb,
+                          f"{redis.ttl_s:g} s" if redis.ttl_s else "none")  # fmt: skip
     return BackgroundCache(
         int(keys.bgobj_cache_max_mb * MIB), policy=VerificationPolicy.from_settings(keys),
         disk_dir=keys.bgobj_cache_dir or None, disk_max_bytes=int(keys.bgobj_cache_disk_max_mb * MIB) or None,
-        namespace=namespace,
+        namespace=namespace, redis=redis,
     )  # fmt: skip
 
 
@@ -121,7 +129,7 @@ class BgObjRuntime:
                 kwargs.pop(name, None)
             self._record(requests, prefilled.outcome)
             observe_outcome(prefilled.outcome)
-            _log(prefilled.outcome, self.cache.stats())
+            _log(prefilled.outcome, self.cache.stats(), self.cache.redis is not None)
             ids = prefilled.input_ids
             return stock_generate(inputs=ids, attention_mask=torch.ones_like(ids), past_key_values=prefilled.past_key_values,
                                   position_ids=prefilled.position_ids, **kwargs)  # fmt: skip
@@ -178,13 +186,16 @@ def cache_stats(model: nn.Module) -> dict | None:
     return runtime.stats() if runtime is not None else None
 
 
-def _log(outcome: Outcome, stats: dict) -> None:
+def _log(outcome: Outcome, stats: dict, shared: bool = False) -> None:
     ms = outcome.ms
+    redis = (f"; redis: {stats['redis_hits']} hits, {stats['redis_errors']} errors, {stats['redis_skipped']} skipped, "
+             f"{stats['redis_bytes'] / MIB:.1f} MiB" if shared else "")  # fmt: skip
     get_logger().info(
-        "background cache %s%s: %d background + %d object units; lookup %.1f ms, vision %.0f ms, prefill %.0f ms | "
-        "totals: %d lookups, %d hits, %d misses, %d rejections, %d entries, %.1f MiB",
-        outcome.kind, " (refined: inserted the background it shares with the nearest entry)" if outcome.refined else "",
+        "background cache %s%s%s: %d background + %d object units; lookup %.1f ms, vision %.0f ms, prefill %.0f ms | "
+        "totals: %d lookups, %d hits, %d misses, %d rejections, %d entries, %.1f MiB%s",
+        outcome.kind, f" ({outcome.source})" if outcome.source not in (None, "memory") else "",
+        " (refined: inserted the background it shares with the nearest entry)" if outcome.refined else "",
         outcome.background_units, outcome.object_units, ms.get("lookup", 0.0), ms.get("vision", 0.0),
         ms.get("prefill", 0.0), stats["lookups"], stats["hits"], stats["misses"], stats["rejections"],
-        stats["entries"], stats["bytes"] / MIB,
+        stats["entries"], stats["bytes"] / MIB, redis,
     )  # fmt: skip
