@@ -70,22 +70,22 @@ def has_separators(tokenizer) -> bool:
     return all(token in vocab for token in SEPARATORS)
 
 
-def static_background(first: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
-    """Groups ``(slices, rows, cols)`` of a clip whose background is encoded once, from its first slice.
+def clip_groups(background: torch.Tensor, token_at: torch.Tensor) -> torch.Tensor:
+    """Groups ``(slices, rows, cols)`` of a clip whose background is encoded once.
 
-    ``first``: the first slice's groups ``(rows, cols)`` (its split, and any token budget); ``changed``:
-    bool ``(slices, rows, cols)``, True where a unit is object in that slice or its pixels moved away
-    from the first slice's. A background unit gets no token in a later slice (DROPPED: its first-slice
-    token stands for it) unless it changed there (OBJECT, a token of that slice); object units keep
-    their first-slice group in every slice. Tokens: |B| + Σ_t |O_t|."""
-    first = torch.as_tensor(first, dtype=torch.int8)
-    changed = torch.as_tensor(changed, dtype=torch.bool)
-    if changed.shape[1:] != first.shape:
-        raise ValueError(f"changed units {tuple(changed.shape)} do not match the first slice {tuple(first.shape)}")
-    background = (first == int(Group.BACKGROUND)) | (first == int(Group.DROPPED))
-    later = torch.where(background, torch.where(changed, int(Group.OBJECT), int(Group.DROPPED)), first).to(torch.int8)
-    later[0] = first
-    return later
+    ``background``: bool ``(rows, cols)``, the units whose token comes from the first slice and stands
+    for them in every slice (BACKGROUND in the first slice); every other unit is an object unit with a
+    token in the first slice. ``token_at``: bool ``(slices, rows, cols)``, where a unit gets a token of a
+    later slice (it changed since its previous token): OBJECT there, else DROPPED (background) or
+    DROPPED_OBJECT. The first slice of ``token_at`` is ignored. Tokens: |B| + Σ_t |O_t|."""
+    background = torch.as_tensor(background, dtype=torch.bool)
+    token_at = torch.as_tensor(token_at, dtype=torch.bool)
+    if token_at.shape[1:] != background.shape:
+        raise ValueError(f"token_at {tuple(token_at.shape)} does not match the background {tuple(background.shape)}")
+    dropped = torch.where(background, int(Group.DROPPED), int(Group.DROPPED_OBJECT)).to(torch.int8)
+    groups = torch.where(token_at, torch.tensor(int(Group.OBJECT), dtype=torch.int8), dropped.expand_as(token_at)).to(torch.int8)
+    groups[0] = torch.where(background, int(Group.BACKGROUND), int(Group.OBJECT)).to(torch.int8)
+    return groups
 
 
 def separated_placeholder(n_background: int, n_object: int, image_token: str) -> str:

@@ -120,17 +120,34 @@ def test_clip_positions_equal_transformers_video_positions():
     assert positions[:, 0, sep_ids[0].tolist().index(IDS.bg_end)].tolist() == [3 + max(rows, cols)] * 3
 
 
-def test_static_background_keeps_the_first_slice_and_the_changes():
-    from lf_ext.layout import static_background
+def test_clip_groups_background_once_objects_where_they_change():
+    from lf_ext.layout import clip_groups
 
-    first = torch.tensor([[0, 1], [2, 3]], dtype=torch.int8)  # bg, object, dropped bg, dropped object
-    changed = torch.tensor([[[True, True], [True, True]], [[False, False], [False, False]], [[True, False], [True, False]]])
-    groups = static_background(first, changed)
-    assert groups[0].tolist() == first.tolist()  # the first slice is the split itself, whatever "changed" says
-    assert groups[1].tolist() == [[2, 1], [2, 3]]  # unchanged background: no token; object units keep their group
-    assert groups[2].tolist() == [[1, 1], [1, 3]]  # changed background units: object tokens of that slice
+    background = torch.tensor([[True, False], [True, False]])
+    token_at = torch.tensor([[[False, False], [False, False]], [[False, True], [False, False]], [[True, False], [False, True]]])
+    groups = clip_groups(background, token_at)
+    assert groups[0].tolist() == [[0, 1], [0, 1]]  # the first slice: background tokens and object tokens
+    assert groups[1].tolist() == [[2, 1], [2, 3]]  # later: a token only where the unit changed
+    assert groups[2].tolist() == [[1, 3], [2, 1]]  # a background unit that changes gets an object token there
     layout = ImageLayout(((3, 2, 2),), groups.reshape(-1))
-    assert layout.n_background(0) == 1 and layout.n_object(0) == 1 + 1 + 3
+    assert layout.n_background(0) == 2 and layout.n_object(0) == 2 + 1 + 2
+    assert layout.object_labels(0)[0].tolist() == [[False, True], [False, True]]  # the split is the first slice's
+
+
+def test_tokens_on_change_compares_with_the_previous_token():
+    import numpy as np
+
+    from lf_ext.plugins.clip_labels import tokens_on_change
+
+    values = {"still": [0, 0, 0, 0, 0, 0], "moves_once": [0, 0, 50, 50, 50, 50], "back_and_forth": [0, 0, 50, 50, 0, 0],
+              "drifts": [0, 0, 3, 3, 6, 6], "second_frame": [0, 0, 0, 50, 50, 50]}  # fmt: skip
+    frames = np.zeros((6, 1, len(values), 1, 1, 3), np.uint8)
+    for col, series in enumerate(values.values()):
+        frames[:, 0, col] = np.array(series, np.uint8)[:, None, None, None]
+    token_at = tokens_on_change(frames, temporal=2, threshold=4.0)
+    assert token_at[:, 0].T.tolist() == [[True, False, False], [True, True, False], [True, True, True],
+                                         [True, False, True], [True, True, True]]  # fmt: skip
+    # (second_frame: its slice-1 token saw (0, 50); (50, 50) differs from the first frame of that slice)
 
 
 def test_family_registry_and_import_hook_agree():

@@ -44,7 +44,7 @@ from lf_ext.cache import BackgroundCache
 from lf_ext.families import BgObjFamily
 from lf_ext.families.base import PixelUnits
 from lf_ext.inference.model_key import model_key
-from lf_ext.layout import Group, ImageLayout, Span, check_spans, find_spans, respan, static_background
+from lf_ext.layout import Group, ImageLayout, Span, check_spans, find_spans, respan, clip_groups
 from lf_ext.models.attach import scatter_features
 from lf_ext.models.prefusion import BgObjCache
 from lf_ext.selection import PatchSelection
@@ -215,12 +215,13 @@ class BackgroundReuse:
 
     @staticmethod
     def _over_slices(first: torch.Tensor, layout: ImageLayout) -> torch.Tensor:
-        """A split of the first slice, over all of the request's slices (a clip keeps the units that changed in
-        its later slices, :func:`~lf_ext.layout.static_background`); an image's groups unchanged."""
+        """A split of the first slice over all of the request's slices: a clip keeps its own later tokens (where
+        its pixels changed, :func:`~lf_ext.layout.clip_groups`); an image's groups unchanged."""
         slices, rows, cols = layout.grids[0]
         if slices == 1:
             return first
-        return static_background(first.view(rows, cols), layout.object_labels(0)).reshape(-1)
+        background = first.view(rows, cols) == int(Group.BACKGROUND)
+        return clip_groups(background, layout.item_groups(0) == int(Group.OBJECT)).reshape(-1)
 
     def _hit_groups(self, hit, units: np.ndarray, layout: ImageLayout) -> torch.Tensor:
         """A hit's groups: the entry's background units as cached (kept or dropped), the rest object units of

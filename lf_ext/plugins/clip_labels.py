@@ -1,11 +1,15 @@
-"""A video clip in the separated layout: its first slice's split, and where its later slices change.
+"""A video clip in the separated layout: its static background, and where its units change.
 
-A clip's frames reach the model in temporal slices (Qwen2-VL: 2 frames per slice). Its background is
-encoded once, from the first slice, at the first slice's positions; a later slice adds tokens only for
-the units that changed there (:func:`~lf_ext.layout.static_background`). A unit *changed* in a slice
-when it is object in one of the slice's frames (the mask) or when its pixels, as the model sees them,
-moved more than ``bgobj_cache_unit_threshold`` (mean absolute difference, 0-255) from the first frame's.
-The first slice's split: object where either of its frames is object or the two frames differ.
+A clip's frames reach the model in temporal slices (Qwen2-VL: 2 frames per slice). Its *background*
+B is the units that are background in every frame (the mask) and whose pixels, as the model sees
+them, stay within ``bgobj_cache_unit_threshold`` (mean absolute difference, 0-255) of the first
+frame's: encoded once, from the first slice, at the first slice's positions (the cacheable prefix).
+Every other unit is an object unit: a token in the first slice, then a token in each later slice
+where its pixels moved beyond the threshold from its previous token's (the EVS rule, per unit), so a
+still object costs one token and a moving one a token where it goes (:func:`~lf_ext.layout.clip_groups`).
+A cached background serves a new clip when it verifies against the clip's first slice; the new clip's
+own changes still get their tokens, so the next window of a fixed camera (its object somewhere on the
+cached clip's path) hits.
 
 Per-frame masks, by provider:
 
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from lf_ext.layout import static_background
+from lf_ext.layout import clip_groups
 from lf_ext.masks.base import MaskError
 from lf_ext.masks.geometry import TokenGrid, unit_labels
 from lf_ext.masks.reference import open_image
@@ -69,11 +73,11 @@ class ClipLabeler:
         frames = frame_units.shape[0]
         if frames % temporal:
             raise VideoError(f"{where}: {frames} frames do not fill whole temporal slices of {temporal}")
+        threshold = self.settings.keys.bgobj_cache_unit_threshold
         objects = self._frame_objects(clip, geometry, frame_units, where)
-        moved = _unit_distance(frame_units, frame_units[0]) > self.settings.keys.bgobj_cache_unit_threshold
-        changed = (objects | moved).reshape(frames // temporal, temporal, *objects.shape[1:]).any(axis=1)
-        first = torch.from_numpy(changed[0]).to(torch.int8)  # 1 = object in the first slice
-        return static_background(first, torch.from_numpy(changed))
+        static = (_unit_distance(frame_units, frame_units[0]) <= threshold).all(axis=0)
+        background = static & ~objects.any(axis=0)
+        return clip_groups(torch.from_numpy(background), torch.from_numpy(tokens_on_change(frame_units, temporal, threshold)))
 
     # ------------------------------------------------------------------ per-frame object masks
     def _frame_objects(self, clip: OpenedClip, geometry: TokenGrid, frame_units: np.ndarray, where: str) -> np.ndarray:
@@ -144,6 +148,25 @@ class ClipLabeler:
             mask = (np.asarray(geometry.to_geometry(resized), np.float32) >= 128).astype(np.float32)
             out.append(unit_labels(mask, geometry.unit, coverage))
         return np.stack(out)
+
+
+def tokens_on_change(frame_units: np.ndarray, temporal: int, threshold: float) -> np.ndarray:
+    """bool ``(slices, rows, cols)``: True where a unit's slice differs (any of its frames) by more than
+    ``threshold`` from the first frame of the slice of the unit's previous token (the first slice's to start)."""
+    frames, rows, cols = frame_units.shape[:3]
+    slices = frames // temporal
+    token_at = np.zeros((slices, rows, cols), dtype=bool)
+    token_at[0] = True
+    last = np.zeros((rows, cols), dtype=np.int64)  # slice of each unit's previous token
+    row, col = np.indices((rows, cols))
+    for t in range(1, slices):
+        reference = frame_units[last * temporal, row, col]  # (rows, cols, u, u, 3)
+        moved = np.zeros((rows, cols), dtype=bool)
+        for f in range(t * temporal, (t + 1) * temporal):
+            moved |= _unit_distance(frame_units[f][None], reference)[0] > threshold
+        token_at[t] = moved
+        last[moved] = t
+    return token_at
 
 
 def _unit_distance(frames: np.ndarray, reference: np.ndarray) -> np.ndarray:
