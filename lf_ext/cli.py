@@ -140,6 +140,11 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
         run_bench_replicas(args.json, cameras=args.cameras, frames=args.frames, places=args.places, repeats=args.repeats,
                            px=args.px, clients=args.clients, requests=args.requests, workdir=args.workdir,
                            cache_mb=args.cache_mb)  # fmt: skip
+    elif args.bench_command == "video":
+        from lf_ext.bench.video import run_bench_video
+
+        run_bench_video(args.json, shape=args.shape, px=args.px, frames=args.frames, runs=args.runs, warmup=args.warmup,
+                        stream_clips=args.stream_clips, stream_shape=args.stream_shape, checkpoints=args.checkpoints)  # fmt: skip
     elif args.bench_command == "train":
         from lf_ext.bench.train import run_bench_train
 
@@ -331,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench_rep.add_argument("--cache-mb", type=float, default=8.0, help="bgobj_cache_max_mb of each replica")
     bench_rep.add_argument("--workdir", default="work/bench/replicas", help="tiny checkpoint, recipes and server logs")
     bench_rep.set_defaults(func=_cmd_bench)
+
+    bench_video = bench.add_parser("video", help="clip TTFT: stock vs motion pruning vs bgobj miss/hit, and a stream's hit rate")
+    bench_video.add_argument("--json", required=True)
+    bench_video.add_argument("--shape", default="2b", help="model shape timed (random weights)")
+    bench_video.add_argument("--px", type=int, default=448, help="frame side in pixels")
+    bench_video.add_argument("--frames", type=int, default=16)
+    bench_video.add_argument("--runs", type=int, default=3)
+    bench_video.add_argument("--warmup", type=int, default=1)
+    bench_video.add_argument("--stream-clips", type=int, default=64, help="sliding windows in the hit-rate stream")
+    bench_video.add_argument("--stream-shape", default="tiny", help="model of the hit-rate stream (hits depend on pixels only)")
+    bench_video.add_argument("--checkpoints", default="work/bench/checkpoints")
+    bench_video.set_defaults(func=_cmd_bench)
 
     bench_cache = bench.add_parser("cache", help="background cache lookup latency with many entries")
     bench_cache.add_argument("--json", required=True)

@@ -112,8 +112,9 @@ class Loaded:
         return BackgroundReuse(self.model, self.family, cache, pixels, refine=refine)
 
 
-def load(model_dir: Path, image_px: int, dtype: str) -> Loaded:
-    """Tokenizer, processor, templates and bgobj model exactly as ``llamafactory-cli chat`` loads them."""
+def load(model_dir: Path, image_px: int, dtype: str, **extra: Any) -> Loaded:
+    """Tokenizer, processor, templates and bgobj model exactly as ``llamafactory-cli chat`` loads them
+    (``extra``: more LLaMA-Factory/bgobj arguments, e.g. the video keys)."""
     from llamafactory.data import get_template_and_fix_tokenizer
     from llamafactory.hparams import get_infer_args
     from llamafactory.model import load_model, load_tokenizer
@@ -122,7 +123,7 @@ def load(model_dir: Path, image_px: int, dtype: str) -> Loaded:
 
     family = family_of(AutoConfig.from_pretrained(model_dir))
     args = dict(model_name_or_path=str(model_dir), template=family.template, infer_dtype=dtype,
-                image_max_pixels=image_px * image_px, bgobj_cache=False)  # fmt: skip
+                image_max_pixels=image_px * image_px, bgobj_cache=False, **extra)  # fmt: skip
     model_args, data_args, finetuning_args, _ = get_infer_args(args)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]

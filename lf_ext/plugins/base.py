@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import io
+import time
 from copy import deepcopy
 from dataclasses import dataclass, field
 from functools import partial
@@ -38,6 +39,7 @@ from llamafactory.extras.constants import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 from lf_ext.config import Settings
 from lf_ext.eval.datasets import RecordLocator
 from lf_ext.families import BgObjFamily, family_for_type
+from lf_ext.inference.metrics import observe_component
 from lf_ext.layout import LAYOUT_KEY, ImageLayout
 from lf_ext.masks.base import MaskError
 from lf_ext.plugins.clip_labels import ClipLabeler, OpenedClip, VideoError
@@ -185,8 +187,10 @@ class BgObjPluginMixin:
             if (len(frames) // pixels.temporal, *geometry.shape) != tuple(grids[index]):
                 raise VideoError(f"{where}: token grid {geometry.shape} x {len(frames)} frames disagrees with the "
                                  f"processor's {grids[index]}")  # fmt: skip
+            started = time.perf_counter()
             units = pixels.frame_units(inputs["pixel_values"], scaffold, index)
             groups.append(labeler.groups(opened, geometry, units, pixels.temporal, where).reshape(-1))
+            observe_component("mask", time.perf_counter() - started)  # the clip's split: masks and pixel changes
         layout = ImageLayout(grids, torch.cat(groups), slice_seconds=seconds)
         inputs[LAYOUT_KEY] = layout.pack()
         if any(c.request is not None for c in clips):

@@ -113,13 +113,18 @@ class Qwen2VLFamily(BgObjFamily):
         return None
 
     def stock_features(self, model: nn.Module, mm_inputs: dict) -> torch.Tensor:
+        """The stock tower over every unit (an image's, or a video's when the inputs hold one)."""
         visual = inner_model(model).visual
-        return visual(mm_inputs["pixel_values"].type(visual.dtype), grid_thw=mm_inputs["image_grid_thw"]).pooler_output
+        video = "pixel_values_videos" in mm_inputs
+        pixels, grid = (mm_inputs["pixel_values_videos"], mm_inputs["video_grid_thw"]) if video else (mm_inputs["pixel_values"], mm_inputs["image_grid_thw"])
+        return visual(pixels.type(visual.dtype), grid_thw=grid).pooler_output
 
     def stock_positions(self, model: nn.Module, input_ids: torch.Tensor, mm_inputs: dict) -> torch.Tensor:
-        mm_types = (input_ids == self.image_token_id(model.config)).int()
-        return inner_model(model).get_rope_index(input_ids, image_grid_thw=mm_inputs["image_grid_thw"], mm_token_type_ids=mm_types,
-                                                 attention_mask=torch.ones_like(input_ids))[0]  # fmt: skip
+        config = model.config
+        mm_types = (input_ids == self.image_token_id(config)).int() + 2 * (input_ids == int(config.video_token_id)).int()
+        extra = {k: mm_inputs[k] for k in ("video_grid_thw", "second_per_grid_ts") if k in mm_inputs}
+        return inner_model(model).get_rope_index(input_ids, image_grid_thw=mm_inputs.get("image_grid_thw"), mm_token_type_ids=mm_types,
+                                                 attention_mask=torch.ones_like(input_ids), **extra)[0]  # fmt: skip
 
     def install_positions(self, model: nn.Module, tokens: SeparatorIds) -> None:
         inner = inner_model(model)
