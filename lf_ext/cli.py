@@ -63,6 +63,8 @@ def _cmd_show_mask(args: argparse.Namespace, extra: list[str]) -> int:
     from lf_ext.masks.reference import open_image
     from lf_ext.masks.visualize import five_panels
 
+    if args.video:
+        return _show_clip(args, extra)
     masker = _masker_from(extra, args.provider)
     image = open_image(args.image, "image", args.image).convert("RGB")
     grid = grid_for_arch(args.arch, *image.size, image_max_pixels=args.image_max_pixels)
@@ -81,6 +83,51 @@ def _cmd_show_mask(args: argparse.Namespace, extra: list[str]) -> int:
     five_panels(image, mask, labels, grid, title, kept).save(args.out)
     summary = "" if kept is None else f", {int(kept.sum())} units kept by {args.patch_selection}"
     print(f"wrote {args.out}: {labels.sum()} object units of {labels.size} ({grid.shape[0]}x{grid.shape[1]}){summary}")
+    return 0
+
+
+def _show_clip(args: argparse.Namespace, extra: list[str]) -> int:
+    """``show-mask --video``: the clip's split per temporal slice, through the real plugin and processor."""
+    import tempfile
+
+    from llamafactory.data import get_template_and_fix_tokenizer
+    from llamafactory.hparams import get_infer_args
+    from llamafactory.model import load_tokenizer
+    from PIL import Image
+
+    from lf_ext.config import split_bgobj_args
+    from lf_ext.eval.prompts import encode_request
+    from lf_ext.families import family_for_type
+    from lf_ext.layout import LAYOUT_KEY, ImageLayout
+    from lf_ext.masks.visualize import clip_panels
+
+    rest, keys = split_bgobj_args(extra)
+    if rest:
+        raise ValueError(f"unrecognized arguments: {' '.join(rest)}")
+    keys.setdefault("bgobj_mask_provider", args.provider or "motion")
+    family = family_for_type(args.arch)
+    with tempfile.TemporaryDirectory() as scratch:
+        model = args.model
+        if model is None:  # the family's default processor, from a tiny offline checkpoint
+            from lf_ext.tiny.checkpoint import build_checkpoint
+
+            model = str(build_checkpoint(args.arch, scratch, seed=0))
+        values = dict(model_name_or_path=model, template=family.template, video_max_pixels=args.video_max_pixels,
+                      video_fps=args.video_fps, video_maxlen=args.video_maxlen, **keys)  # fmt: skip
+        model_args, data_args, _, _ = get_infer_args(values)
+        module = load_tokenizer(model_args)
+        template = get_template_and_fix_tokenizer(module["tokenizer"], data_args)
+        request = encode_request(template, module["tokenizer"], module["processor"], "", [], videos=[args.image])
+    layout = ImageLayout.unpack(request[LAYOUT_KEY])
+    pixels = family.video_pixel_units(module["processor"])
+    units = pixels.units(request["pixel_values"], layout, 0)  # (slices, rows, cols, u, u, 3)
+    slices, rows, cols = layout.grids[0]
+    frames = [Image.fromarray(u.transpose(0, 2, 1, 3, 4).reshape(rows * pixels.unit, cols * pixels.unit, 3)) for u in units]
+    stock = slices * rows * cols
+    title = (f"{args.image}  provider={keys['bgobj_mask_provider']}  {layout.n_tokens(0)} visual tokens of {stock} "
+             f"({layout.n_background(0)} background, once)")  # fmt: skip
+    clip_panels(frames, layout.item_groups(0).numpy(), pixels.unit, title).save(args.out)
+    print(f"wrote {args.out}: {slices} slices of {rows}x{cols} units; {layout.n_tokens(0)} tokens instead of {stock}")
     return 0
 
 
@@ -248,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="also draw the units a token budget keeps (dropped: grey)")
     show.add_argument("--patch-alpha", type=float, default=0.3, help="alpha of budget / v2")
     show.add_argument("--patch-thresholds", default="3,2", help="v1 thresholds (2x2 and 4x4 blocks)")
+    show.add_argument("--video", action="store_true", help="the input is a video clip: draw its split per temporal slice")
+    show.add_argument("--model", default=None, help="--video: the model folder whose processor to use (default: the family's)")
+    show.add_argument("--video-max-pixels", type=int, default=448 * 448)
+    show.add_argument("--video-fps", type=float, default=2.0)
+    show.add_argument("--video-maxlen", type=int, default=16)
     show.set_defaults(func=_cmd_show_mask, takes_bgobj=True)
 
     masks = sub.add_parser("masks", help="mask tools").add_subparsers(dest="masks_command", required=True)

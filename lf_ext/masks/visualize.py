@@ -62,3 +62,44 @@ def five_panels(original: Image.Image, mask_at_geometry: np.ndarray, labels: np.
         sheet.paste(img, (x, header))
         x += img.width + 10
     return sheet
+
+
+CACHED_RGB = (40, 110, 230)  # a background token (first slice) and the units it stands for later
+
+
+def clip_panels(frames: list[Image.Image], groups: np.ndarray, unit: int, title: str = "", per_row: int = 4) -> Image.Image:
+    """One panel per temporal slice (its first frame as the tower sees it): blue = background, one token in
+    the first slice standing for the unit in every slice (dimmed later); red = an object token of that
+    slice; dark = an object unit with no token there (unchanged since its last token)."""
+    from lf_ext.layout import Group
+
+    panels = []
+    for t, frame in enumerate(frames):
+        g = groups[t]
+        colours = np.zeros((*g.shape, 3), np.uint8)
+        colours[g == int(Group.BACKGROUND)] = CACHED_RGB
+        colours[g == int(Group.DROPPED)] = (20, 50, 110)
+        colours[g == int(Group.OBJECT)] = OBJECT_RGB
+        colours[g == int(Group.DROPPED_OBJECT)] = (30, 30, 30)
+        tint = Image.fromarray(np.repeat(np.repeat(colours, unit, axis=0), unit, axis=1))
+        base = frame.convert("RGB").crop((0, 0, tint.width, tint.height))
+        panel = Image.blend(base, tint, 0.5)
+        draw = ImageDraw.Draw(panel)
+        for x in range(0, panel.width + 1, unit):
+            draw.line([(x, 0), (x, panel.height)], fill=(255, 255, 255), width=1)
+        for y in range(0, panel.height + 1, unit):
+            draw.line([(0, y), (panel.width, y)], fill=(255, 255, 255), width=1)
+        tokens = int((g == int(Group.BACKGROUND)).sum() + (g == int(Group.OBJECT)).sum())
+        panels.append((f"slice {t}: {tokens} tokens", _fit(panel, 220)))
+    width, height = panels[0][1].size
+    rows = -(-len(panels) // per_row)
+    header = 40 if title else 22
+    sheet = Image.new("RGB", (10 + min(len(panels), per_row) * (width + 10), header + rows * (height + 26)), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((10, 4), title, fill=(0, 0, 0))
+    for index, (name, img) in enumerate(panels):
+        x, y = 10 + (index % per_row) * (width + 10), header + (index // per_row) * (height + 26)
+        draw.text((x, y), name, fill=(0, 0, 0))
+        sheet.paste(img, (x, y + 16))
+    return sheet
