@@ -28,13 +28,13 @@ from lf_ext.families import family_for_type
 from lf_ext.log import get_logger
 
 logger = get_logger()
-MASK_FIELDS = ("masks", "boxes", "polygons")
+MASK_FIELDS = ("masks", "boxes", "polygons", "video_masks")
 
 
 def _split(dataset_dir: Path, name: str) -> None:
     """Raise unless ``name`` is a sharegpt dataset of ``dataset_dir``."""
     if dataset_entry(dataset_dir, name).get("formatting") != "sharegpt":
-        raise ValueError(f"dataset '{name}' must be in sharegpt format (messages + images)")
+        raise ValueError(f"dataset '{name}' must be in sharegpt format (messages + images or videos)")
 
 
 def check_records(records: list[dict], name: str) -> None:
@@ -43,8 +43,8 @@ def check_records(records: list[dict], name: str) -> None:
         raise ValueError(f"dataset '{name}' is empty")
     for number, record in enumerate(records):
         messages = record.get("messages") or []
-        if len(messages) < 2 or not record.get("images"):
-            raise ValueError(f"dataset '{name}' record {number}: need a user question, an answer and images")
+        if len(messages) < 2 or not (record.get("images") or record.get("videos")):
+            raise ValueError(f"dataset '{name}' record {number}: need a user question, an answer and images or videos")
         if len(str(messages[1].get("content", "")).split()) > 8:
             raise ValueError(f"dataset '{name}' record {number}: answers must be short (exact match), got "
                              f"{messages[1]['content'][:80]!r}")  # fmt: skip
@@ -81,6 +81,8 @@ def run_bench_accuracy(dataset_dir: str | Path, train: str, test: str, json_out:
     check_records(test_records, test)
     keys = default_mask_keys(test_records, bgobj_keys or {})
     pixels = {"image_max_pixels": image_max_pixels} | ({"image_min_pixels": image_min_pixels} if image_min_pixels else {})
+    if any(r.get("videos") for r in train_records + test_records):  # video QA: frames get the same pixel budget
+        pixels["video_max_pixels"] = image_max_pixels
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = build_checkpoint(arch, work / f"tiny_{arch}", seed=0)

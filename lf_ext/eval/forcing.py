@@ -16,22 +16,28 @@ from typing import Any
 
 from tqdm import tqdm
 
-from lf_ext.eval.datasets import record_images
+from lf_ext.eval.datasets import record_images, record_videos
 from lf_ext.eval.prompts import encode_request
 from lf_ext.eval.runner import answer_records, open_chat, question_and_answer
 from lf_ext.inference.runtime import runtime_of
 from lf_ext.inference.stream import tagged
+from lf_ext.plugins.image_labels import REQUEST_KEY
 from lf_ext.layout import LAYOUT_KEY, ImageLayout
 
 
 def _sibling_of(records: list[dict], index: int) -> int | None:
     """Another test record whose image shares ``records[index]``'s sibling group (first one), or None."""
     group = (records[index].get("meta") or {}).get("sibling_group")
-    image = records[index]["images"][0]
+    image = _media(records[index])
     for other, record in enumerate(records):
-        if group and (record.get("meta") or {}).get("sibling_group") == group and record["images"][0] != image:
+        if group and (record.get("meta") or {}).get("sibling_group") == group and _media(record) != image:
             return other
     return None
+
+
+def _media(record: dict) -> str:
+    """A record's first image or video, as examples name it."""
+    return str((record.get("images") or record.get("videos") or ["?"])[0])
 
 
 def _background_id(record: dict) -> str | None:
@@ -51,7 +57,7 @@ def forced_hits(model_dir: Path, template: str, dataset_dir: Path, records: list
     inputs: dict[int, tuple[dict, ImageLayout]] = {}
     for index, record in enumerate(tqdm(records, desc="caching backgrounds", unit="img")):
         request = encode_request(engine.template, engine.tokenizer, engine.processor, question_and_answer(record)[0],
-                                 record_images(record, dataset_dir))  # fmt: skip
+                                 record_images(record, dataset_dir), record_videos(record, dataset_dir))  # fmt: skip
         layout = ImageLayout.coerce(request.get(LAYOUT_KEY))
         inputs[index] = (request, layout)
         if not reuse.eligible(request["inputs"], layout):
@@ -69,7 +75,7 @@ def forced_hits(model_dir: Path, template: str, dataset_dir: Path, records: list
     def around(index: int, record: dict):
         sibling = _sibling_of(records, index)
         mine, layout = inputs[index]
-        if sibling is not None and reuse.eligible(mine["inputs"], layout):
+        if sibling is not None and reuse.eligible(mine["inputs"], layout) and not layout.is_video(0):  # clips: no sibling union
             theirs, their_layout = inputs[sibling]
             if their_layout is not None and their_layout.grids == layout.grids:
                 union = ImageLayout.from_labels(layout.grids, their_layout.object_labels(0) | layout.object_labels(0))
@@ -79,9 +85,9 @@ def forced_hits(model_dir: Path, template: str, dataset_dir: Path, records: list
                     owners.setdefault(out.outcome.entry_id, set()).add(sibling)
         return reuse.cache.withheld(own[index])
 
-    def images(index: int, record: dict, paths: list[str]) -> list[Any]:
-        requests[index] = runtime.new_request()
-        return [tagged(path, requests[index]) for path in paths]
+    def media(index: int, record: dict, images: list, videos: list) -> tuple[list, list]:
+        requests[index] = request = runtime.new_request()
+        return [tagged(path, request) for path in images], [{"path": video, REQUEST_KEY: request} for video in videos]
 
     def after(index: int, record: dict, correct: bool, reply: str) -> None:
         outcome = runtime.take_outcome(requests[index])
@@ -95,10 +101,9 @@ def forced_hits(model_dir: Path, template: str, dataset_dir: Path, records: list
         if measurable and _background_id(record) not in donors:
             counts["false_hits"] += 1
             if len(false_examples) < 5:
-                false_examples.append({"image": record["images"][0], "served_from": sorted(
-                    records[i]["images"][0] for i in owners[outcome.entry_id])})  # fmt: skip
+                false_examples.append({"media": _media(record), "served_from": sorted(_media(records[i]) for i in owners[outcome.entry_id])})
 
-    result = answer_records(chat, dataset_dir, records, after=after, around=around, images=images)
+    result = answer_records(chat, dataset_dir, records, after=after, around=around, media=media)
     false_hits = counts["false_hits"] if measurable else None
     result.update(outcomes=kinds, false_hits=false_hits, false_hits_measurable=measurable,
                   false_hit_rate=None if false_hits is None else false_hits / max(1, kinds["hit"]),

@@ -10,7 +10,7 @@ from typing import Any, Callable, ContextManager
 
 from tqdm import tqdm
 
-from lf_ext.eval.datasets import read_records, record_images
+from lf_ext.eval.datasets import read_records, record_images, record_videos
 
 
 def normalize(answer: str) -> str:
@@ -60,18 +60,19 @@ def open_chat(model_dir: str | Path, template: str, image_max_pixels: int = 5017
 def answer_records(chat, dataset_dir: str | Path, records: list[dict],
                    after: Callable[[int, dict, bool, Any], None] | None = None,
                    around: Callable[[int, dict], ContextManager] | None = None,
-                   images: Callable[[int, dict, list[str]], list[Any]] | None = None) -> dict:  # fmt: skip
-    """Answer each record's question. The answer runs inside ``around(index, record)`` if given;
-    ``images(index, record, paths)`` may replace the images passed (e.g. to tag them with a request id);
-    then ``after(index, record, correct, reply)`` runs."""
+                   media: Callable[[int, dict, list, list], tuple[list, list]] | None = None) -> dict:  # fmt: skip
+    """Answer each record's question (about its images or videos). The answer runs inside
+    ``around(index, record)`` if given; ``media(index, record, images, videos)`` may replace the media
+    passed (e.g. to tag them with a request id); then ``after(index, record, correct, reply)`` runs."""
     per_type: dict[str, list[bool]] = defaultdict(list)
     examples, answers = [], []
     for index, rec in enumerate(tqdm(records, desc="answering", unit="q")):
         question, answer = question_and_answer(rec)
-        paths = record_images(rec, dataset_dir)
-        passed = images(index, rec, paths) if images is not None else paths
+        images, videos = record_images(rec, dataset_dir), record_videos(rec, dataset_dir)
+        if media is not None:
+            images, videos = media(index, rec, images, videos)
         with around(index, rec) if around is not None else contextlib.nullcontext():
-            reply = chat.chat([{"role": "user", "content": question}], images=passed or None)[0].response_text
+            reply = chat.chat([{"role": "user", "content": question}], images=images or None, videos=videos or None)[0].response_text
         ok = normalize(reply) == normalize(answer)
         answers.append(reply)
         per_type[question_type(rec)].append(ok)
