@@ -187,6 +187,13 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
         run_bench_replicas(args.json, cameras=args.cameras, frames=args.frames, places=args.places, repeats=args.repeats,
                            px=args.px, clients=args.clients, requests=args.requests, workdir=args.workdir,
                            cache_mb=args.cache_mb)  # fmt: skip
+    elif args.bench_command == "budget":
+        from lf_ext.bench.budget import run_bench_budget
+
+        run_bench_budget(args.json, plot=args.plot, shape=args.shape, px=args.px, alphas=tuple(float(a) for a in args.alphas.split(",")),
+                         runs=args.runs, warmup=args.warmup, checkpoints=args.checkpoints, accuracy=args.accuracy,
+                         dataset_dir=args.dataset_dir, workdir=args.workdir, base_steps=args.base_steps, extra_steps=args.extra_steps,
+                         methods=tuple(args.methods.split(",")))  # fmt: skip
     elif args.bench_command == "video":
         from lf_ext.bench.video import run_bench_video
 
@@ -291,7 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--plate", help="reference plate for the 'reference' provider")
     show.add_argument("--image-max-pixels", type=int, default=768 * 768)
     show.add_argument("--out", required=True, help="PNG to write")
-    show.add_argument("--patch-selection", default="none", choices=["none", "v1", "v2", "budget"],
+    from lf_ext.selection import METHODS as SELECTION_METHODS
+
+    show.add_argument("--patch-selection", default="none", choices=list(SELECTION_METHODS),
                       help="also draw the units a token budget keeps (dropped: grey)")
     show.add_argument("--patch-alpha", type=float, default=0.3, help="alpha of budget / v2")
     show.add_argument("--patch-thresholds", default="3,2", help="v1 thresholds (2x2 and 4x4 blocks)")
@@ -388,6 +397,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench_rep.add_argument("--cache-mb", type=float, default=8.0, help="bgobj_cache_max_mb of each replica")
     bench_rep.add_argument("--workdir", default="work/bench/replicas", help="tiny checkpoint, recipes and server logs")
     bench_rep.set_defaults(func=_cmd_bench)
+
+    bench_budget = bench.add_parser("budget", help="token budget: tokens, TTFT and accuracy per alpha (entropy vs random/uniform)")
+    bench_budget.add_argument("--json", required=True)
+    bench_budget.add_argument("--plot", default=None)
+    bench_budget.add_argument("--shape", default="2b")
+    bench_budget.add_argument("--px", type=int, default=896)
+    bench_budget.add_argument("--alphas", default="0.1,0.2,0.3,0.5,0.7,1.0")
+    bench_budget.add_argument("--runs", type=int, default=3)
+    bench_budget.add_argument("--warmup", type=int, default=1)
+    bench_budget.add_argument("--checkpoints", default="work/bench/checkpoints")
+    bench_budget.add_argument("--accuracy", action="store_true", help="also train and evaluate each (method, alpha) (slow)")
+    bench_budget.add_argument("--dataset-dir", default=None, help="--accuracy: the scenes folder")
+    bench_budget.add_argument("--workdir", default="work/bench/budget")
+    bench_budget.add_argument("--methods", default="budget,v2,random,uniform")
+    bench_budget.add_argument("--base-steps", type=int, default=None, help="default: bench accuracy's")
+    bench_budget.add_argument("--extra-steps", type=int, default=None, help="default: bench accuracy's")
+    bench_budget.set_defaults(func=_cmd_bench)
 
     bench_video = bench.add_parser("video", help="clip TTFT: stock vs motion pruning vs bgobj miss/hit, and a stream's hit rate")
     bench_video.add_argument("--json", required=True)

@@ -62,8 +62,9 @@ class BgObjArguments:
     # token budget (entropy patch selection, lf_ext.selection)
     bgobj_patch_selection: str = _key("none", "Token budget: keep only some token units, by grey-level entropy, inside each "
                                       "group: 'budget' (top alpha fraction), 'v2' (entropy >= alpha x the group's max), "
-                                      "'v1' (fixed thresholds: flat blocks keep one unit); 'none' = every unit.",
-                                      ["none", "v1", "v2", "budget"])
+                                      "'v1' (fixed thresholds: flat blocks keep one unit); 'none' = every unit; baselines at "
+                                      "the budget's count: 'random', 'uniform' (grid subsampling).",
+                                      ["none", "v1", "v2", "budget", "random", "uniform"])
     bgobj_patch_alpha: float = _key(0.3, "Token budget: alpha of 'budget' (fraction kept) and 'v2' (threshold factor), in (0, 1].")
     bgobj_patch_thresholds: str = _key("3,2", "Token budget 'v1': entropy thresholds (bits) of 2x2- and 4x4-unit blocks, "
                                        "comma-separated (two numbers).")

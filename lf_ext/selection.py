@@ -19,6 +19,12 @@ Methods (``bgobj_patch_selection``):
   entropy (of the histogram summed over its units) is below its threshold is flat: it keeps one unit,
   its highest-entropy one, and drops the others; blocks at or above it split into their sub-blocks;
   single units are kept. Regions of detail keep every unit, flat regions one per block.
+
+Baselines at the ``budget`` token count (for ``lf-ext bench budget``; not entropy-based):
+
+- ``random``: ``max(1, round(alpha * n))`` units of the group drawn with a fixed seed per group size
+  (independent of the pixels, so still cacheable);
+- ``uniform``: the same count spread evenly over the group's units in row-major order (grid subsampling).
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ import torch
 from lf_ext.layout import ImageLayout
 
 BINS = 32
-METHODS = ("none", "v1", "v2", "budget")
+METHODS = ("none", "v1", "v2", "budget", "random", "uniform")
+COUNTED = ("budget", "random", "uniform")  # keep round(alpha * n) units
 DEFAULT_THRESHOLDS = (3.0, 2.0)
 
 
@@ -64,8 +71,8 @@ class PatchSelection:
     def __post_init__(self):
         if self.method not in METHODS:
             raise ValueError(f"patch selection method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if not 0.0 < self.alpha <= 1.0 and self.method == "budget":
-            raise ValueError(f"budget alpha must be in (0, 1], got {self.alpha}")
+        if not 0.0 < self.alpha <= 1.0 and self.method in COUNTED:
+            raise ValueError(f"{self.method} alpha must be in (0, 1], got {self.alpha}")
         if self.method == "v2" and self.alpha <= 0:
             raise ValueError(f"v2 alpha must be > 0, got {self.alpha}")
         if self.method == "v1" and (not self.thresholds or any(t < 0 for t in self.thresholds)):
@@ -88,11 +95,15 @@ class PatchSelection:
         if not members.any() or not self.enabled:
             return members.copy() if not self.enabled else kept
         unit_entropy = entropy(histograms)
+        index = np.flatnonzero(members)
+        count = max(1, round(self.alpha * index.size))
         if self.method == "budget":
-            count = max(1, round(self.alpha * int(members.sum())))
-            index = np.flatnonzero(members)
             order = index[np.argsort(-unit_entropy.ravel()[index], kind="stable")][:count]
             kept.ravel()[order] = True
+        elif self.method == "random":
+            kept.ravel()[np.random.default_rng(index.size).choice(index, size=count, replace=False)] = True
+        elif self.method == "uniform":
+            kept.ravel()[index[np.floor(np.arange(count) * index.size / count).astype(int)]] = True
         elif self.method == "v2":
             kept = members & (unit_entropy >= self.alpha * unit_entropy[members].max())
         else:

@@ -209,3 +209,23 @@ def test_llamafactory_train_and_chat_with_each_method(tmp_path, tiny_dir, scenes
     from lf_ext.inference.runtime import cache_stats
 
     assert cache_stats(chat.engine.model)["hits"] == 1
+
+
+def test_random_and_uniform_baselines_keep_the_budget_count():
+    import numpy as np
+
+    from lf_ext.selection import PatchSelection
+
+    rng = np.random.default_rng(1)
+    units = rng.integers(0, 256, (6, 8, 4, 4, 3), dtype=np.uint8)
+    members = np.zeros((6, 8), bool)
+    members[1:5, 2:7] = True  # a 4x5 object group: 20 units
+    for method in ("random", "uniform", "budget"):
+        kept = PatchSelection(method, 0.3).select_grid(units, members)
+        assert int(kept[members].sum()) == 6 and int(kept[~members].sum()) == round(0.3 * 28)  # per group
+    uniform = PatchSelection("uniform", 0.25).keep(np.zeros((6, 8, 32)), np.ones((6, 8), bool))
+    assert np.flatnonzero(uniform).tolist() == list(range(0, 48, 4))  # every 4th unit in row-major order
+    again = PatchSelection("random", 0.3).select_grid(rng.integers(0, 256, units.shape, dtype=np.uint8), members)
+    assert np.array_equal(again, PatchSelection("random", 0.3).select_grid(units, members))  # pixel-independent
+    with pytest.raises(ValueError, match="random alpha must be in"):
+        PatchSelection("random", 1.5)

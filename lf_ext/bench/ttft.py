@@ -149,6 +149,21 @@ def stock_ttft(loaded: Loaded, request: dict) -> dict[str, float]:
     return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
 
 
+@torch.inference_mode()
+def plain_ttft(loaded: Loaded, ids: torch.Tensor, pixel_values: torch.Tensor, layout: ImageLayout) -> dict[str, float]:
+    """A plain layout (the stock template with some units dropped): the tower on the kept units, the prefill."""
+    model, family = loaded.model, loaded.family
+    start = time.perf_counter()
+    features = family.encode(model, pixel_values, layout)
+    vision = time.perf_counter()
+    embeds = scatter_features(model.get_input_embeddings()(ids), ids, features, family.image_token_id(model.config))
+    positions = family.positions(model, ids, layout)
+    hidden = family.language_model(model)(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
+    model.lm_head(hidden[:, -1]).float()
+    end = time.perf_counter()
+    return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from lf_ext.bench.report import machine_info, print_table, write_json
-from lf_ext.bench.ttft import TIMING_SHAPES, Loaded, background_plate, checkpoint, load
+from lf_ext.bench.ttft import TIMING_SHAPES, Loaded, background_plate, checkpoint, load, plain_ttft
 from lf_ext.eval.prompts import encode_request
 from lf_ext.inference.metrics import add_listener, remove_listener
 from lf_ext.layout import LAYOUT_KEY, Group, ImageLayout, find_spans
@@ -112,20 +112,6 @@ def motion_pruned(loaded: Loaded, stock: dict, keep_tokens: int) -> tuple[torch.
     at = (row == video).nonzero().reshape(-1)
     ids = torch.cat([row[: at[0]], torch.full((layout.n_tokens(0),), image, dtype=row.dtype), row[at[-1] + 1 :]]).unsqueeze(0)
     return ids, stock["pixel_values_videos"], layout
-
-
-@torch.inference_mode()
-def plain_ttft(loaded: Loaded, ids: torch.Tensor, pixel_values: torch.Tensor, layout: ImageLayout) -> dict[str, float]:
-    model, family = loaded.model, loaded.family
-    start = time.perf_counter()
-    features = family.encode(model, pixel_values, layout)
-    vision = time.perf_counter()
-    embeds = scatter_features(model.get_input_embeddings()(ids), ids, features, family.image_token_id(model.config))
-    positions = family.positions(model, ids, layout)
-    hidden = family.language_model(model)(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
-    model.lm_head(hidden[:, -1]).float()
-    end = time.perf_counter()
-    return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
 
 
 def _split(loaded: Loaded, frames: list[Image.Image]) -> tuple[dict, float]:

@@ -1,0 +1,188 @@
+"""``lf-ext bench budget``: the token budget's visual tokens, TTFT and accuracy per alpha and method.
+
+For each ``alpha``, four selections of the stock template's units (:mod:`lf_ext.selection`): entropy
+``budget`` (round(alpha x units), highest entropy first), ``v2`` (entropy >= alpha x the image's max;
+its own count) and, at the budget's count, ``random`` and ``uniform`` (grid subsampling).
+
+- **TTFT**: one model (random weights of ``shape``, default the 2b shape, bf16) on one scene image of
+  ``px`` pixels, the stock layout against each selection's plain layout, same run, medians of
+  ``runs`` after ``warmup``; budget/random/uniform keep the same count, so they share one timing row;
+- **accuracy** (``--accuracy``): the ``bench accuracy`` adaptation's base model (trained once with the
+  stock template on the scenes), then for every (method, alpha) the same extra budget of steps with the
+  selection on, and exact match on the test split with it on. The same base and extra steps with no
+  selection give the stock row (alpha 1.0 of every method is stock).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lf_ext.bench.report import machine_info, print_table, write_json
+from lf_ext.bench.ttft import TIMING_SHAPES, Loaded, checkpoint, load, plain_ttft, stock_ttft
+from lf_ext.layout import ImageLayout
+from lf_ext.selection import PatchSelection
+
+ALPHAS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+METHODS = ("budget", "v2", "random", "uniform")
+QUESTION = "What is the object in the picture?"
+
+
+def scene_image(px: int, seed: int = 0):
+    """One image of the synthetic scenes (a desk with objects) at ``px`` x ``px``."""
+    import tempfile
+
+    from PIL import Image
+
+    from lf_ext.scenes import generate_scenes
+
+    with tempfile.TemporaryDirectory() as scratch:
+        generate_scenes(scratch, num_backgrounds=2, images_per_background=2, image_size=(px, px), seed=seed, progress=False)
+        path = sorted(Path(scratch, "images", "train").glob("desk_*.png"))[0]
+        return Image.open(path).convert("RGB")
+
+
+def selected(loaded: Loaded, request: dict, selection: PatchSelection) -> tuple[torch.Tensor, ImageLayout]:
+    """The stock request's prompt and plain layout with ``selection`` applied."""
+    family = loaded.family
+    (grid,) = family.unit_grids(request, loaded.processor)
+    layout = ImageLayout((tuple(grid),), torch.zeros(int(np.prod(grid)), dtype=torch.int8), separated=False)
+    units = family.pixel_units(loaded.processor.image_processor).units(request["pixel_values"], layout, 0)
+    layout = selection.apply(layout, 0, units)
+    image = family.image_token_id(loaded.model.config)
+    row = request["inputs"][0]
+    at = (row == image).nonzero().reshape(-1)
+    ids = torch.cat([row[: at[0]], torch.full((layout.n_tokens(0),), image, dtype=row.dtype), row[at[-1] + 1 :]]).unsqueeze(0)
+    return ids, layout
+
+
+def measure_ttft(loaded: Loaded, image, alphas, runs: int, warmup: int) -> list[dict]:
+    from lf_ext.eval.prompts import encode_request
+
+    request = encode_request(loaded.stock_template, loaded.tokenizer, loaded.processor, QUESTION, [image])
+    variants = {(m, a): selected(loaded, request, PatchSelection(m, a)) for a in alphas for m in ("budget", "v2")}
+    samples: dict[Any, list[float]] = {"stock": []}
+    for round_ in range(warmup + runs):
+        stock = stock_ttft(loaded, request)["total"]
+        line = [f"stock {stock:.0f}"]
+        timed = {}
+        for key, (ids, layout) in variants.items():
+            timed[key] = plain_ttft(loaded, ids, request["pixel_values"], layout)["total"]
+            line.append(f"{key[0]} {key[1]}: {timed[key]:.0f}")
+        print(f"    round {round_ + 1}/{warmup + runs}{'' if round_ >= warmup else ' (warm-up)'}: " + ", ".join(line) + " ms", flush=True)
+        if round_ >= warmup:
+            samples["stock"].append(stock)
+            for key, value in timed.items():
+                samples.setdefault(key, []).append(value)
+    stock_ms = statistics.median(samples["stock"])
+    units = int(request["inputs"].eq(loaded.family.image_token_id(loaded.model.config)).sum())
+    rows = []
+    for alpha in alphas:
+        for method in ("budget", "v2"):
+            ms = statistics.median(samples[(method, alpha)])
+            rows.append({"alpha": alpha, "method": method if method == "v2" else "budget/random/uniform",
+                         "tokens": variants[(method, alpha)][1].n_tokens(0), "units": units, "ttft_ms": ms,
+                         "stock_ms": stock_ms, "speedup": stock_ms / ms})  # fmt: skip
+    return rows
+
+
+def measure_accuracy(dataset_dir: Path, train: str, test: str, work: Path, alphas, methods, base_steps: int, extra_steps: int,
+                     image_max_pixels: int) -> list[dict]:  # fmt: skip
+    """Exact match per (method, alpha) after the same extra steps from one base (see the module docstring)."""
+    from lf_ext.adaptation import train_stage
+    from lf_ext.eval.runner import exact_match, load_records, majority_baseline
+    from lf_ext.tiny.checkpoint import build_checkpoint
+
+    train_records, test_records = load_records(dataset_dir, train), load_records(dataset_dir, test)
+    data = dict(dataset=train, dataset_dir=dataset_dir, image_max_pixels=image_max_pixels, template="qwen2_vl")
+    base, _ = train_stage(work, "base", "stock_sft.yaml", base_steps, model_name_or_path=build_checkpoint("qwen2_vl", work / "tiny", seed=0), **data)
+    stock, _ = train_stage(work, "stock", "stock_sft.yaml", extra_steps, model_name_or_path=base, **data)
+    stock_acc = exact_match(stock, "qwen2_vl", dataset_dir, test_records, image_max_pixels)
+    rows = [{"method": "stock", "alpha": 1.0, "accuracy": stock_acc["accuracy"], "n": stock_acc["n"],
+             "majority_baseline": majority_baseline(train_records, test_records)}]  # fmt: skip
+    for method in methods:
+        for alpha in alphas:
+            if alpha >= 1.0 and method in ("budget", "random", "uniform"):
+                continue  # alpha 1 keeps every unit: the stock row
+            keys = dict(bgobj_patch_selection=method, bgobj_patch_alpha=alpha)
+            model, _ = train_stage(work, f"{method}_{alpha}", "stock_sft.yaml", extra_steps, model_name_or_path=base, **data, **keys)
+            result = exact_match(model, "qwen2_vl", dataset_dir, test_records, image_max_pixels, extra_args=keys)
+            rows.append({"method": method, "alpha": alpha, "accuracy": result["accuracy"], "n": result["n"]})
+            print(f"  accuracy {method} alpha {alpha}: {result['accuracy']:.1%}", flush=True)
+    return rows
+
+
+def run_bench_budget(json_out: str | Path, plot: str | Path | None = None, shape: str = "2b", px: int = 896,
+                     alphas=ALPHAS, runs: int = 3, warmup: int = 1, checkpoints: str | Path = "work/bench/checkpoints",
+                     accuracy: bool = False, dataset_dir: str | Path | None = None, train: str = "scenes_train",
+                     test: str = "scenes_test", workdir: str | Path = "work/bench/budget", methods=METHODS,
+                     base_steps: int | None = None, extra_steps: int | None = None, image_max_pixels: int = 50176) -> dict:  # fmt: skip
+    """TTFT rows (and accuracy rows), printed and written as JSON (and a plot)."""
+    from lf_ext.adaptation import BASE_STEPS, EXTRA_STEPS
+
+    torch.manual_seed(0)
+    started = time.perf_counter()
+    dtype = "bfloat16" if shape in TIMING_SHAPES else "float32"
+    loaded = load(checkpoint(shape, checkpoints), px, dtype)
+    ttft = measure_ttft(loaded, scene_image(px), alphas, runs, warmup)
+    del loaded
+    print(f"\nTTFT, {shape} shape ({dtype}), one {px}x{px} scene image, medians of {runs} runs after {warmup} warm-up")
+    print_table(ttft, [("alpha", "{}"), ("method", "{}"), ("tokens", "{}"), ("units", "{}"), ("ttft_ms", "{:.0f}"),
+                       ("stock_ms", "{:.0f}"), ("speedup", "{:.2f}")])  # fmt: skip
+    acc_rows = []
+    if accuracy:
+        if dataset_dir is None:
+            raise ValueError("--accuracy needs --dataset-dir (a scenes folder with the train and test splits)")
+        work = Path(workdir).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+        acc_rows = measure_accuracy(Path(dataset_dir).resolve(), train, test, work, alphas, methods, base_steps or BASE_STEPS,
+                                    extra_steps or EXTRA_STEPS, image_max_pixels)  # fmt: skip
+        print("\nexact match after the same extra steps with the selection on (stock: none)")
+        print_table(acc_rows, [("method", "{}"), ("alpha", "{}"), ("accuracy", "{:.1%}"), ("n", "{}")])
+    payload = {"benchmark": "budget", "machine": machine_info(), "shape": shape, "image_px": px, "runs": runs,
+               "ttft": ttft, "accuracy": acc_rows, "seconds": time.perf_counter() - started}  # fmt: skip
+    write_json(json_out, payload)
+    if plot:
+        plot_budget(payload, plot)
+    return payload
+
+
+def plot_budget(payload: dict, path: str | Path) -> None:
+    """TTFT speed-up against alpha; accuracy against alpha per method (when measured)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 2 if payload["accuracy"] else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.6), squeeze=False)
+    ax = axes[0][0]
+    for method in ("budget/random/uniform", "v2"):
+        rows = [r for r in payload["ttft"] if r["method"] == method]
+        ax.plot([r["alpha"] for r in rows], [r["speedup"] for r in rows], "o-", label=method)
+    ax.set_xlabel("alpha")
+    ax.set_ylabel("TTFT speed-up over stock")
+    ax.set_title(f"{payload['shape']}, {payload['image_px']} px")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if payload["accuracy"]:
+        ax = axes[0][1]
+        stock = next(r for r in payload["accuracy"] if r["method"] == "stock")
+        for method in sorted({r["method"] for r in payload["accuracy"]} - {"stock"}):
+            rows = sorted((r for r in payload["accuracy"] if r["method"] == method), key=lambda r: r["alpha"])
+            ax.plot([r["alpha"] for r in rows], [100 * r["accuracy"] for r in rows], "o-", label=method)
+        ax.axhline(100 * stock["accuracy"], color="k", linestyle=":", label="stock")
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("exact match (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
