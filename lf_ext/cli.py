@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lf_ext.eval.metrics import GROUPS as METRIC_GROUPS  # stdlib only: cheap at start
+
 
 def _cmd_config(args: argparse.Namespace) -> int:
     from lf_ext.config import describe_keys
@@ -204,6 +206,9 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
 
         run_bench_train(args.json, shapes=tuple(args.shapes.split(",")), steps=args.steps)
     return 0
+
+
+EVAL_TASKS = tuple(sorted(METRIC_GROUPS))
 
 
 def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
@@ -437,11 +442,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
 
     from lf_ext.eval.harness import CONFIGS, ORDERS
-    from lf_ext.eval.metrics import GROUPS
 
     evaluate = sub.add_parser("eval", help="answer a converted benchmark with stock, bgobj and bgobj+cache: metric, "
                                             "intervals, per-component time")  # fmt: skip
-    evaluate.add_argument("task", choices=sorted(GROUPS), help="the benchmark's metric (exact: any short-answer dataset)")
+    evaluate.add_argument("--config", help="a recipe (yaml/eval/*.yaml) whose keys are these options; the command line wins")
+    evaluate.add_argument("task", choices=EVAL_TASKS, help="the benchmark's metric (exact: any short-answer dataset)")
     evaluate.add_argument("--dataset-dir", required=True, help="LLaMA-Factory dataset folder (dataset_info.json)")
     evaluate.add_argument("--dataset", required=True, help="dataset name in dataset_info.json")
     evaluate.add_argument("--model", required=True, help="the bgobj model (folder)")
@@ -476,8 +481,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_eval_config(argv: list[str]) -> list[str]:
+    """``lf-ext eval --config RECIPE [...]``: the recipe's keys as arguments, before (so below) the command line's."""
+    if len(argv) < 1 or argv[0] != "eval" or "--config" not in argv:
+        return argv
+    import yaml
+
+    at = argv.index("--config")
+    if at + 1 >= len(argv):
+        raise SystemExit("lf-ext eval: --config needs a YAML file")
+    path = argv[at + 1]
+    rest = argv[1:at] + argv[at + 2 :]
+    try:
+        values = yaml.safe_load(open(path)) or {}
+    except OSError as err:
+        raise SystemExit(f"lf-ext eval: cannot read --config {path}: {err}") from None
+    tokens: list[str] = []
+    task = values.pop("task", None)
+    for key, value in values.items():
+        if key == "args":
+            tokens += [t for k, v in (value or {}).items() for t in ("--arg", f"{k}={v}")]
+        elif key.startswith("bgobj_"):
+            tokens += [f"--{key}", str(value)]
+        else:
+            tokens += [f"--{key.replace('_', '-')}", str(value)]
+    positional = [task] if task and not any(a in EVAL_TASKS for a in rest) else []
+    return ["eval", *positional, *tokens, *rest]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = _with_eval_config(list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_bgobj", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

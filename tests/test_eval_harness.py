@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,27 @@ def test_eval_cli_errors_are_one_line(tmp_path, capsys):
     assert "dataset 'd' is empty" in capsys.readouterr().err
     assert main(args + ["--arg", "novalue"]) == 2
     assert "--arg takes KEY=VALUE" in capsys.readouterr().err
+
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "yaml" / "eval").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_eval_recipes_parse_into_the_cli_options(recipe):
+    """Every ``yaml/eval`` recipe is a valid ``lf-ext eval --config``; the command line wins over the recipe."""
+    import yaml
+
+    from lf_ext.cli import _with_eval_config, build_parser
+    from lf_ext.config import split_bgobj_args
+
+    values = yaml.safe_load(recipe.read_text())
+    args, extra = build_parser().parse_known_args(_with_eval_config(["eval", "--config", str(recipe), "--limit", "7"]))
+    assert args.task == values["task"] and args.dataset == values["dataset"] and args.model == values["model"]
+    assert args.limit == 7 and args.configs == values["configs"]
+    rest, keys = split_bgobj_args(extra)
+    assert rest == [] and set(keys) == {k for k in values if k.startswith("bgobj_")}
+
+
+def test_eval_recipes_cover_three_models_and_five_benchmarks():
+    assert len(RECIPES) == 15
+    assert {p.stem.rsplit("_", 1)[0] for p in RECIPES} == {"qwen2_vl_2b", "qwen2_5_vl_3b", "llava1_5_7b"}
