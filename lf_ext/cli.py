@@ -227,7 +227,37 @@ def _cmd_eval(args: argparse.Namespace, extra: list[str]) -> int:
     run_eval(args.task, args.dataset_dir, args.dataset, args.model, args.template, args.json, plot=args.plot,
              configs=tuple(c.strip() for c in args.configs.split(",") if c.strip()), stock_model=args.stock_model,
              order=args.order, limit=args.limit, bgobj_keys=keys, image_max_pixels=args.image_max_pixels,
-             max_new_tokens=args.max_new_tokens, infer_dtype=args.infer_dtype, extra_args=other)  # fmt: skip
+             max_new_tokens=args.max_new_tokens, infer_dtype=args.infer_dtype, extra_args=other,
+             frames_as_images=args.frames_as_images)  # fmt: skip
+    return 0
+
+
+def _cmd_eval_cost(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import yaml
+    from lf_ext.bench.report import write_json
+    from lf_ext.eval.cost import MODELS, run_eval_cost
+
+    recipe = yaml.safe_load(Path(args.config).read_text()) if args.config else {}
+    extra = recipe.get("args") or {}
+    model = args.model_spec or next((m for m in MODELS if args.config and Path(args.config).stem.startswith(m)), None)
+    pick = lambda cli, key, default: cli if cli is not None else extra.get(key, recipe.get(key, default))
+    dataset_dir, datasets = pick(args.dataset_dir, "dataset_dir", None), pick(args.dataset, "dataset", None)
+    if not (model and dataset_dir and datasets):
+        raise ValueError("eval-cost needs --model-spec, --dataset-dir and --dataset (or a yaml/eval recipe via --config)")
+    configs = args.configs or len([c for c in str(recipe.get("configs", "stock,bgobj,bgobj+cache")).split(",") if c.strip()])
+    rows = run_eval_cost(dataset_dir, str(datasets).split(","), model, gpu=args.gpu, configs=configs,
+                         image_max_pixels=int(pick(args.image_max_pixels, "image_max_pixels", 768 * 768)),
+                         video_max_pixels=int(pick(args.video_max_pixels, "video_max_pixels", 256 * 256)),
+                         video_fps=float(pick(args.video_fps, "video_fps", 2.0)),
+                         video_maxlen=int(pick(args.video_maxlen, "video_maxlen", 128)),
+                         max_new_tokens=int(pick(args.max_new_tokens, "max_new_tokens", 32)),
+                         frames_as_images=pick(args.frames_as_images, "frames_as_images", None),
+                         mfu=args.mfu, bandwidth_use=args.bandwidth_use, step_overhead_ms=args.step_overhead_ms,
+                         tokenizer=args.tokenizer, probe=args.probe)  # fmt: skip
+    if args.json:
+        write_json(args.json, {"rows": rows})
     return 0
 
 
@@ -456,6 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--order", default="stream", choices=ORDERS,
                           help="stream: samples sharing a screen/camera/image together (realistic reuse)")
     evaluate.add_argument("--limit", type=int, default=None, help="at most this many samples")
+    evaluate.add_argument("--frames-as-images", type=int, default=None,
+                          help="video questions answered from this many of their frames as images (LLaVA-1.5)")
     evaluate.add_argument("--json", required=True)
     evaluate.add_argument("--plot", default=None, help="PNG: accuracy vs mean TTFT per configuration")
     evaluate.add_argument("--image-max-pixels", type=int, default=50176)
@@ -463,6 +495,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--infer-dtype", default="auto", help="auto, float16, bfloat16 or float32 (CPU: float32)")
     evaluate.add_argument("--arg", action="append", metavar="KEY=VALUE", help="another LLaMA-Factory argument, repeatable")
     evaluate.set_defaults(func=_cmd_eval, takes_bgobj=True)
+
+    from lf_ext.eval.cost import GPUS, MODELS
+
+    cost = sub.add_parser("eval-cost", help="GPU-hours of an lf-ext eval run on paper, from the tokens of the converted records")
+    cost.add_argument("--config", help="a yaml/eval recipe: its dataset, pixels, configurations and model")
+    cost.add_argument("--model-spec", choices=sorted(MODELS), help="the released model (default: from the recipe's name)")
+    cost.add_argument("--dataset-dir")
+    cost.add_argument("--dataset", help="one or more names, comma-separated")
+    cost.add_argument("--gpu", choices=sorted(GPUS), default="a100")
+    cost.add_argument("--configs", type=int, default=None, help="configurations answered (default: the recipe's, else 3)")
+    cost.add_argument("--image-max-pixels", type=int, default=None)
+    cost.add_argument("--video-max-pixels", type=int, default=None)
+    cost.add_argument("--video-fps", type=float, default=None)
+    cost.add_argument("--video-maxlen", type=int, default=None)
+    cost.add_argument("--max-new-tokens", type=int, default=None)
+    cost.add_argument("--frames-as-images", type=int, default=None)
+    cost.add_argument("--mfu", type=float, default=0.4, help="fraction of the bf16 peak reached by vision and prefill")
+    cost.add_argument("--bandwidth-use", type=float, default=0.6, help="fraction of memory bandwidth reached by decode")
+    cost.add_argument("--step-overhead-ms", type=float, default=15.0, help="Python/launch time per decode step")
+    cost.add_argument("--tokenizer", help="a local tokenizer folder for text tokens (default: ~4 characters a token)")
+    cost.add_argument("--probe", type=int, default=None, help="measure the first N records only, scale to all")
+    cost.add_argument("--json")
+    cost.set_defaults(func=_cmd_eval_cost)
 
     webui = sub.add_parser("webui", help="LlamaBoard with this environment's llamafactory-cli and CPU-safe defaults")
     webui.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
@@ -493,7 +548,8 @@ def _with_eval_config(argv: list[str]) -> list[str]:
     path = argv[at + 1]
     rest = argv[1:at] + argv[at + 2 :]
     try:
-        values = yaml.safe_load(open(path)) or {}
+        with open(path) as handle:
+            values = yaml.safe_load(handle) or {}
     except OSError as err:
         raise SystemExit(f"lf-ext eval: cannot read --config {path}: {err}") from None
     tokens: list[str] = []

@@ -8,11 +8,18 @@ import math
 from pathlib import Path
 
 import pytest
+from test_convert import (
+    make_androidcontrol,
+    make_gqa,
+    make_mmmu,
+    make_ocrvqa,
+    make_seedbench,
+    run,
+)
 
 from lf_ext.eval.harness import default_mask_keys, run_eval, stream_order
 from lf_ext.eval.metrics import score
 from lf_ext.eval.stats import mcnemar, paired_bootstrap, wilson_interval
-from test_convert import make_androidcontrol, make_gqa, make_mmmu, make_ocrvqa, make_seedbench, run
 
 FIXTURES = {  # task: (builder, converter options, dataset name)
     "gqa": (lambda src: make_gqa(src, extra_questions=2), {"scene_graphs": "val_sceneGraphs.json"}, "gqa_testdev_balanced"),
@@ -114,7 +121,6 @@ RECIPES = sorted((Path(__file__).resolve().parents[1] / "yaml" / "eval").glob("*
 def test_eval_recipes_parse_into_the_cli_options(recipe):
     """Every ``yaml/eval`` recipe is a valid ``lf-ext eval --config``; the command line wins over the recipe."""
     import yaml
-
     from lf_ext.cli import _with_eval_config, build_parser
     from lf_ext.config import split_bgobj_args
 
@@ -129,3 +135,27 @@ def test_eval_recipes_parse_into_the_cli_options(recipe):
 def test_eval_recipes_cover_three_models_and_five_benchmarks():
     assert len(RECIPES) == 15
     assert {p.stem.rsplit("_", 1)[0] for p in RECIPES} == {"qwen2_vl_2b", "qwen2_5_vl_3b", "llava1_5_7b"}
+
+
+def test_frames_as_images_spreads_frames_and_rewrites_placeholders():
+    from lf_ext.eval.harness import frames_as_images_of
+
+    record = {"messages": [{"role": "user", "content": "<video>Q?"}, {"role": "assistant", "content": "A"}],
+              "videos": [[f"f{i}.png" for i in range(8)]]}  # fmt: skip
+    out = frames_as_images_of(record, 4)
+    assert out["images"] == ["f0.png", "f2.png", "f4.png", "f6.png"] and out["videos"] == []
+    assert out["messages"][0]["content"] == "<image><image><image><image>Q?"
+    assert frames_as_images_of(dict(record, videos=[["a.png", "b.png"]]), 4)["messages"][0]["content"].count("<image>") == 2
+    with pytest.raises(ValueError, match="frame lists.*clip.mp4"):
+        frames_as_images_of(dict(record, videos=["clip.mp4"]), 4)
+
+
+def test_llava_answers_video_questions_from_frames_as_images(tiny_dir, tmp_path):
+    """LLaVA-1.5 has no video input: ``frames_as_images`` lets stock and bgobj+cache answer SEED-Bench video questions."""
+    out = tmp_path / "converted"
+    run("seedbench", make_seedbench(tmp_path / "src"), out)
+    payload = run_eval("seedbench", out, "seedbench_video", tiny_dir("llava"), "llava_bgobj", tmp_path / "eval.json",
+                       configs=("stock", "bgobj+cache"), max_new_tokens=2, infer_dtype="float32", frames_as_images=2)  # fmt: skip
+    assert payload["n"] == 3 and payload["frames_as_images"] == 2
+    for config in ("stock", "bgobj+cache"):
+        assert all(s[config]["ms"]["vision"] > 0 and isinstance(s[config]["prediction"], str) for s in payload["samples"])

@@ -19,11 +19,13 @@ JSON, and optionally a PNG of accuracy against mean TTFT.
 from __future__ import annotations
 
 import gc
+import re
 import statistics
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from lf_ext.eval.datasets import read_records, record_images, record_videos
 from lf_ext.eval.metrics import GROUPS, METRICS, aggregate, score
@@ -62,6 +64,34 @@ def prompt_of(record: dict) -> list[dict]:
     if not messages or messages[-1]["role"] != "user":
         raise ValueError("the record's conversation must end with a user turn (and its answer)")
     return messages
+
+
+def frames_as_images_of(record: dict, count: int) -> dict:
+    """A record whose videos are frame lists, with ``count`` frames of each (evenly spaced) as images instead:
+    how an image-only model (LLaVA-1.5) answers a video question. A video file is an error naming it."""
+    videos = record.get("videos") or []
+    if not videos:
+        return record
+    if count < 1:
+        raise ValueError(f"frames_as_images must be >= 1, got {count}")
+    frames: list[str] = []
+    for video in videos:
+        if not isinstance(video, list) or not video:
+            raise ValueError(f"frames_as_images needs videos given as frame lists (SEED-Bench's released frames), "
+                             f"got the file {video!r}")  # fmt: skip
+        step = len(video) / min(count, len(video))
+        frames += [video[int(i * step)] for i in range(min(count, len(video)))]
+    per_video = iter([min(count, len(v)) for v in videos])
+    messages = [dict(m, content=re.sub("<video>", lambda _: "<image>" * next(per_video), m["content"]))
+                for m in record["messages"]]  # fmt: skip
+    return {**record, "messages": messages, "images": list(record.get("images") or []) + frames, "videos": []}
+
+
+def _named(index: int, record: dict, change) -> dict:
+    try:
+        return change(record)
+    except ValueError as err:
+        raise ValueError(f"dataset record {index} (id {(record.get('meta') or {}).get('id', '?')}): {err}") from None
 
 
 def default_mask_keys(records: Sequence[dict], keys: dict[str, Any]) -> dict[str, Any]:
@@ -163,8 +193,9 @@ def run_eval(task: str, dataset_dir: str | Path, dataset: str, model: str | Path
              plot: str | Path | None = None, configs: Sequence[str] = CONFIGS, stock_model: str | Path | None = None,
              order: str = "stream", limit: int | None = None, bgobj_keys: dict[str, Any] | None = None,
              image_max_pixels: int = 50176, max_new_tokens: int = 32, infer_dtype: str = "auto",
-             extra_args: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Answer ``dataset`` under each configuration; print the table, write JSON (and the plot)."""
+             extra_args: dict[str, Any] | None = None, frames_as_images: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Answer ``dataset`` under each configuration; print the table, write JSON (and the plot).
+    ``frames_as_images``: video questions answered from that many of their frames as images (image-only models)."""
     from lf_ext.bench.report import machine_info, write_json
     from lf_ext.families import family_for_template
 
@@ -179,6 +210,9 @@ def run_eval(task: str, dataset_dir: str | Path, dataset: str, model: str | Path
     dataset_dir = Path(dataset_dir).resolve()
     records = read_records(dataset_dir, dataset)
     records = records[:limit] if limit else records
+    if frames_as_images is not None:
+        records = [_named(index, record, lambda r: frames_as_images_of(r, frames_as_images))
+                   for index, record in enumerate(records)]  # fmt: skip
     if not records:
         raise ValueError(f"dataset '{dataset}' is empty")
     keys = default_mask_keys(records, bgobj_keys or {})
@@ -194,7 +228,8 @@ def run_eval(task: str, dataset_dir: str | Path, dataset: str, model: str | Path
     comparisons = {name: compare(task, r, rows[reference]) for name, r in rows.items() if reference and name != reference}
     payload = {"task": task, "machine": machine_info(), "dataset_dir": str(dataset_dir), "dataset": dataset,
                "model": str(model), "stock_model": str(stock_model or model), "template": template, "order": order,
-               "bgobj_keys": keys, "image_max_pixels": image_max_pixels, "n": len(records), "seconds": time.time() - started,
+               "bgobj_keys": keys, "image_max_pixels": image_max_pixels, "frames_as_images": frames_as_images,
+               "n": len(records), "seconds": time.time() - started,
                "summary": summary, "against_stock": comparisons,
                "samples": [{"id": (rec.get("meta") or {}).get("id", i),
                             **{name: {k: v for k, v in rows[name][i].items()} for name in rows}}
