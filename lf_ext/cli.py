@@ -171,7 +171,8 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
         from lf_ext.bench.stream import run_bench_stream
 
         run_bench_stream(args.json, shape=args.shape, px=args.px, frames=args.frames, positions=args.positions,
-                         object_fraction=args.object_fraction, checkpoints=args.checkpoints, arch=args.arch)  # fmt: skip
+                         object_fraction=args.object_fraction, checkpoints=args.checkpoints, arch=args.arch,
+                         modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()))  # fmt: skip
     elif args.bench_command == "accuracy":
         from lf_ext.bench.accuracy import run_bench_accuracy
         from lf_ext.config import split_bgobj_args
@@ -401,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench_stream.add_argument("--frames", type=int, default=16)
     bench_stream.add_argument("--positions", type=int, default=3, help="places the object moves between")
     bench_stream.add_argument("--object-fraction", type=float, default=0.1, help="object units / all units")
+    bench_stream.add_argument("--modes", default="exact,cache,cache+refine",
+                              help="comma-separated: exact (policy exact), cache (reuse, no refinement), cache+refine (the default policy)")
     bench_stream.add_argument("--checkpoints", default="work/bench/checkpoints",
                               help="where the random checkpoints are built once and reused")
     bench_stream.set_defaults(func=_cmd_bench)

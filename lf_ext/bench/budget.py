@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lf_ext.bench.report import machine_info, print_table, write_json
+from lf_ext.bench.report import machine_info, print_table, save_figure, write_json
 from lf_ext.bench.ttft import TIMING_SHAPES, Loaded, checkpoint, load, plain_ttft, stock_ttft
 from lf_ext.layout import ImageLayout
 from lf_ext.selection import PatchSelection
@@ -181,8 +181,4 @@ def plot_budget(payload: dict, path: str | Path) -> None:
         ax.set_ylabel("exact match (%)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path, dpi=110)

@@ -49,3 +49,14 @@ def write_json(path: str | Path, payload: dict) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> None:
+    """Lay out, write (creating the folder) and close a matplotlib figure; say where."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    print(f"wrote {path}")

@@ -93,8 +93,13 @@ COLUMNS = [("mode", "{}"), ("frames", "{}"), ("hits", "{}"), ("rejections", "{}"
 
 def run_bench_stream(json_out: str | Path, shape: str = "2b", px: int = 448, frames: int = 16, positions: int = 3,
                      object_fraction: float = 0.1, stock_frames: int = 3, seed: int = 0,
-                     checkpoints: str | Path = "work/bench/checkpoints", arch: str = "qwen2_vl") -> dict:  # fmt: skip
-    """Serve the stream three ways, print the table, write JSON (rows + every frame's outcome)."""
+                     checkpoints: str | Path = "work/bench/checkpoints", arch: str = "qwen2_vl",
+                     modes: tuple[str, ...] = ("exact", "cache", "cache+refine")) -> dict:  # fmt: skip
+    """Serve the stream each of ``modes`` ways, print the table, write JSON (rows + every frame's outcome)."""
+    known = {"exact": (False, "exact"), "cache": (False, "reuse"), "cache+refine": (True, "reuse")}
+    for mode in modes:
+        if mode not in known:
+            raise ValueError(f"unknown stream mode '{mode}'; known: {', '.join(known)}")
     started = time.perf_counter()
     torch.manual_seed(seed)
     dtype = "bfloat16" if shape in TIMING_SHAPES else "float32"
@@ -109,7 +114,8 @@ def run_bench_stream(json_out: str | Path, shape: str = "2b", px: int = 448, fra
         print(f"    stock frame {index + 1}: {stock_ms[-1]:.0f} ms", flush=True)
     stock = float(statistics.median(stock_ms))
     rows, per_frame = [_row("stock", [stock] * frames, None, stock)], {}
-    for mode, refine, policy in (("exact", False, "exact"), ("cache", False, "reuse"), ("cache+refine", True, "reuse")):
+    for mode in modes:
+        refine, policy = known[mode]
         print(f"  {mode}:", flush=True)
         per_frame[mode] = _serve(loaded.reuse(refine=refine, policy=policy), loaded, stream)
         rows.append(_row(mode, [s["ms"] for s in per_frame[mode]], per_frame[mode], stock))

@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
-
-from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoConfig
 
-from lf_ext.bench.report import machine_info, print_table, write_json
+from lf_ext.bench.report import machine_info, print_table, save_figure, write_json
 from lf_ext.eval.prompts import encode_request
 from lf_ext.layout import LAYOUT_KEY, ImageLayout, find_spans, respan
 from lf_ext.models.attach import scatter_features
@@ -135,33 +134,32 @@ def load(model_dir: Path, image_px: int, dtype: str, **extra: Any) -> Loaded:
 
 # --------------------------------------------------------------------------- the three paths
 @torch.inference_mode()
+def timed_first_token(loaded: Loaded, ids: torch.Tensor, encode, token_id: int, positions) -> dict[str, float]:
+    """Time ``encode()`` (the vision tower), then the prefill of ``ids`` with its features at ``token_id`` and
+    ``positions()``, to the first token's logits: total, vision and prefill milliseconds."""
+    model = loaded.model
+    start = time.perf_counter()
+    features = encode()
+    vision = time.perf_counter()
+    embeds = scatter_features(model.get_input_embeddings()(ids), ids, features, token_id)
+    hidden = loaded.family.language_model(model)(inputs_embeds=embeds, position_ids=positions(), use_cache=True).last_hidden_state
+    model.lm_head(hidden[:, -1]).float()
+    end = time.perf_counter()
+    return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
+
+
 def stock_ttft(loaded: Loaded, request: dict) -> dict[str, float]:
     """The stock layout: full vision tower, prefill of every token, first-token logits."""
     model, family, ids = loaded.model, loaded.family, request["inputs"]
-    start = time.perf_counter()
-    features = family.stock_features(model, request)
-    vision = time.perf_counter()
-    embeds = scatter_features(model.get_input_embeddings()(ids), ids, features, family.image_token_id(model.config))
-    positions = family.stock_positions(model, ids, request)
-    hidden = family.language_model(model)(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
-    model.lm_head(hidden[:, -1]).float()
-    end = time.perf_counter()
-    return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
+    return timed_first_token(loaded, ids, lambda: family.stock_features(model, request), family.image_token_id(model.config),
+                             lambda: family.stock_positions(model, ids, request))  # fmt: skip
 
 
-@torch.inference_mode()
 def plain_ttft(loaded: Loaded, ids: torch.Tensor, pixel_values: torch.Tensor, layout: ImageLayout) -> dict[str, float]:
     """A plain layout (the stock template with some units dropped): the tower on the kept units, the prefill."""
     model, family = loaded.model, loaded.family
-    start = time.perf_counter()
-    features = family.encode(model, pixel_values, layout)
-    vision = time.perf_counter()
-    embeds = scatter_features(model.get_input_embeddings()(ids), ids, features, family.image_token_id(model.config))
-    positions = family.positions(model, ids, layout)
-    hidden = family.language_model(model)(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
-    model.lm_head(hidden[:, -1]).float()
-    end = time.perf_counter()
-    return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
+    return timed_first_token(loaded, ids, lambda: family.encode(model, pixel_values, layout), family.image_token_id(model.config),
+                             lambda: family.positions(model, ids, layout))  # fmt: skip
 
 
 def _median(values: list[float]) -> float:
@@ -301,7 +299,4 @@ def plot_ttft(rows: list[dict], path: str | Path) -> None:
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     axes[0][0].legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+    save_figure(fig, path, dpi=110)

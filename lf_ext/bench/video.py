@@ -26,18 +26,24 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from lf_ext.bench.report import machine_info, print_table, write_json
-from lf_ext.bench.ttft import TIMING_SHAPES, Loaded, background_plate, checkpoint, load, plain_ttft
+from lf_ext.bench.ttft import (
+    TIMING_SHAPES,
+    Loaded,
+    background_plate,
+    checkpoint,
+    load,
+    plain_ttft,
+    timed_first_token,
+)
 from lf_ext.eval.prompts import encode_request
 from lf_ext.inference.metrics import add_listener, remove_listener
-from lf_ext.layout import LAYOUT_KEY, Group, ImageLayout, find_spans
-from lf_ext.models.attach import scatter_features
+from lf_ext.layout import LAYOUT_KEY, ImageLayout, find_spans
 
 QUESTION = "What is moving in the video?"
 UNIT = 28
@@ -75,19 +81,11 @@ def _video_request(loaded: Loaded, template, frames: list[Image.Image]) -> dict:
     return encode_request(template, loaded.tokenizer, loaded.processor, QUESTION, [], videos=[frames])
 
 
-@torch.inference_mode()
 def stock_video_ttft(loaded: Loaded, request: dict) -> dict[str, float]:
     """The stock clip: the tower over every unit of every slice, the prefill of every token."""
     model, family, ids = loaded.model, loaded.family, request["inputs"]
-    start = time.perf_counter()
-    features = family.stock_features(model, request)
-    vision = time.perf_counter()
-    embeds = scatter_features(model.get_input_embeddings()(ids), ids, features, int(model.config.video_token_id))
-    positions = family.stock_positions(model, ids, request)
-    hidden = family.language_model(model)(inputs_embeds=embeds, position_ids=positions, use_cache=True).last_hidden_state
-    model.lm_head(hidden[:, -1]).float()
-    end = time.perf_counter()
-    return {"total": (end - start) * 1000, "vision": (vision - start) * 1000, "prefill": (end - vision) * 1000}
+    return timed_first_token(loaded, ids, lambda: family.stock_features(model, request), int(model.config.video_token_id),
+                             lambda: family.stock_positions(model, ids, request))  # fmt: skip
 
 
 def motion_pruned(loaded: Loaded, stock: dict, keep_tokens: int) -> tuple[torch.Tensor, torch.Tensor, ImageLayout]:

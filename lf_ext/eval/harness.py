@@ -267,6 +267,8 @@ def plot_eval(payload: dict, path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from lf_ext.bench.report import save_figure
+
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, row in payload["summary"].items():
         ax.errorbar(row["mean_ttft_ms"], row["accuracy"], yerr=[[row["accuracy"] - row["ci_low"]], [row["ci_high"] - row["accuracy"]]],
@@ -275,8 +277,4 @@ def plot_eval(payload: dict, path: str | Path) -> None:
     ax.set_ylabel(payload["summary"][next(iter(payload["summary"]))]["metric"])
     ax.set_title(f"{payload['task']}: {payload['dataset']} (n={payload['n']})")
     ax.legend()
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}")
+    save_figure(fig, path, dpi=120)

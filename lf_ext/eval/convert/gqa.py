@@ -28,15 +28,7 @@ from typing import Any
 from tqdm import tqdm
 
 from lf_ext.eval.convert import register_converter
-from lf_ext.eval.convert.common import (
-    IMAGE_TOKEN,
-    SHORT_ANSWER,
-    Converter,
-    MediaDir,
-    SourceItem,
-    chat,
-    resolve,
-)
+from lf_ext.eval.convert.common import IMAGE_TOKEN, SHORT_ANSWER, Converter, MediaDir, SourceItem, chat, resolve
 from lf_ext.eval.convert.jsonstream import iter_members
 
 Box = tuple[int, int, int, int]

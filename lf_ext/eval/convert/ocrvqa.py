@@ -20,15 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lf_ext.eval.convert import register_converter
-from lf_ext.eval.convert.common import (
-    IMAGE_TOKEN,
-    SHORT_ANSWER,
-    Converter,
-    MediaDir,
-    SourceItem,
-    chat,
-    resolve,
-)
+from lf_ext.eval.convert.common import IMAGE_TOKEN, SHORT_ANSWER, Converter, MediaDir, SourceItem, chat, resolve
 from lf_ext.eval.convert.jsonstream import iter_members
 
 SPLITS = {"train": 1, "val": 2, "test": 3}
