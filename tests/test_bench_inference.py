@@ -53,6 +53,11 @@ def test_bench_stream_refinement_turns_rejections_into_hits(tmp_path):
     assert rows["cache+refine"]["hits"] > 0 and rows["cache"]["hits"] == 0 and rows["exact"]["hits"] == 0
     # 'exact': only the frame's own split may serve: a new place is a miss, a seen place a rejection (the clock)
     assert [f["kind"] for f in result["per_frame"]["exact"]] == ["rejection" if p in places[:k] else "miss" for k, p in enumerate(places)]
+    only = run_bench_stream(tmp_path / "two.json", shape="tiny", px=224, frames=3, positions=2, stock_frames=1,
+                            checkpoints=tmp_path / "ckpt", modes=("cache+refine",))  # fmt: skip
+    assert [row["mode"] for row in only["rows"]] == ["stock", "cache+refine"]
+    with pytest.raises(ValueError, match="unknown stream mode 'fast'"):
+        run_bench_stream(tmp_path / "x.json", shape="tiny", frames=2, checkpoints=tmp_path / "ckpt", modes=("fast",))
 
 
 BOXES = [(0, 0, 56, 56), (112, 56, 168, 112), (56, 112, 112, 168), (0, 0, 56, 56)]  # img3 where img0

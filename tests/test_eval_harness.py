@@ -159,3 +159,18 @@ def test_llava_answers_video_questions_from_frames_as_images(tiny_dir, tmp_path)
     assert payload["n"] == 3 and payload["frames_as_images"] == 2
     for config in ("stock", "bgobj+cache"):
         assert all(s[config]["ms"]["vision"] > 0 and isinstance(s[config]["prediction"], str) for s in payload["samples"])
+
+
+def test_bench_accuracy_reports_intervals_and_paired_tests_per_type():
+    from lf_ext.bench.accuracy import intervals_and_tests
+
+    results = {"stock": {"correct": [True, True, False, False]}, "bgobj_miss": {"correct": [True, False, False, True]},
+               "bgobj_forced_hits": {"correct": [True, True, True, False]}}  # fmt: skip
+    out = intervals_and_tests(results, ["a", "a", "b", "b"])
+    assert out["intervals"]["stock"]["ci_low"] == pytest.approx(0.150, abs=1e-3)  # Wilson, 2 of 4
+    assert out["intervals"]["stock"]["ci_high"] == pytest.approx(0.850, abs=1e-3)
+    forced = out["against_stock"]["bgobj_forced_hits"]
+    assert forced["difference"] == 0.25 and (forced["only_a"], forced["only_b"], forced["p_value"]) == (1, 0, 1.0)
+    assert out["against_stock"]["bgobj_miss"]["difference"] == 0.0
+    assert out["per_type"]["bgobj_miss"]["b"]["accuracy"] == 0.5 and out["per_type"]["stock"]["a"]["n"] == 2
+    assert "stock" not in out["against_stock"]

@@ -67,7 +67,7 @@ def run_bench_accuracy(dataset_dir: str | Path, train: str, test: str, json_out:
     """Train base/stock/bgobj on ``train``, answer ``test`` three ways, print the table and write JSON."""
     from lf_ext.adaptation import adapt
     from lf_ext.eval.forcing import forced_hits
-    from lf_ext.eval.runner import agreement, exact_match, load_records, majority_baseline
+    from lf_ext.eval.runner import agreement, exact_match, load_records, majority_baseline, question_type
     from lf_ext.tiny.checkpoint import build_checkpoint
 
     started = time.time()
@@ -111,7 +111,7 @@ def run_bench_accuracy(dataset_dir: str | Path, train: str, test: str, json_out:
         "hits": forced["outcomes"]["hit"], "rejections": forced["outcomes"]["rejection"],
         "misses": forced["outcomes"]["miss"], "false_hits": forced["false_hits"], "false_hit_rate": forced["false_hit_rate"],
         "hit_subset_accuracy": forced["hit_accuracy"], "n": len(test_records), "policies": policies,
-        "seconds": time.time() - started,
+        **intervals_and_tests(results, [question_type(r) for r in test_records]), "seconds": time.time() - started,
     }  # fmt: skip
     _print(summary, results)
     payload = {"benchmark": "accuracy", "machine": machine_info(), "arch": arch, "dataset_dir": str(dataset_dir), "train": train,
@@ -122,6 +122,27 @@ def run_bench_accuracy(dataset_dir: str | Path, train: str, test: str, json_out:
     return payload
 
 
+COMPARED = ("stock", "bgobj_miss", "bgobj_forced_hits")
+
+
+def intervals_and_tests(results: dict, types: list[str]) -> dict:
+    """95 % Wilson intervals of each model's accuracy (overall and per question type) and, against stock,
+    the paired bootstrap interval of the difference and the exact McNemar test; ``types`` in record order."""
+    from lf_ext.eval.stats import accuracy_row, mcnemar, paired_bootstrap
+
+    stock = results["stock"]["correct"]
+    out: dict = {"intervals": {}, "per_type": {}, "against_stock": {}}
+    for name in COMPARED:
+        correct = results[name]["correct"]
+        out["intervals"][name] = accuracy_row(correct)
+        out["per_type"][name] = {t: accuracy_row([c for c, q in zip(correct, types) if q == t]) for t in sorted(set(types))}
+        if name != "stock":
+            low, high = paired_bootstrap(correct, stock)
+            out["against_stock"][name] = {"difference": (sum(correct) - sum(stock)) / max(1, len(stock)),
+                                          "difference_ci": [low, high], **mcnemar(correct, stock)}  # fmt: skip
+    return out
+
+
 def _false_hits(summary: dict) -> str:
     if summary["false_hits"] is None:
         return "not measurable (the dataset records no meta.background_id)"
@@ -130,9 +151,13 @@ def _false_hits(summary: dict) -> str:
 
 def _print(summary: dict, results: dict) -> None:
     print(f"\nexact match on {summary['n']} test questions (majority-answer baseline {summary['majority_baseline']:.1%})")
-    print(f"{'model':<22}{'accuracy':>10}")
-    for name in ("stock", "bgobj_miss", "bgobj_forced_hits"):
-        print(f"{name:<22}{summary[name]:>10.1%}")
+    print(f"{'model':<22}{'accuracy':>10}{'95% CI':>18}{'- stock':>9}{'95% CI (paired bootstrap)':>28}{'McNemar p':>11}")
+    for name in COMPARED:
+        row, cmp = summary["intervals"][name], summary["against_stock"].get(name)
+        line = f"{name:<22}{row['accuracy']:>10.1%}{_ci(row['ci_low'], row['ci_high']):>18}"
+        if cmp is not None:
+            line += f"{cmp['difference']:>+9.1%}{_ci(*cmp['difference_ci'], sign=True):>28}{cmp['p_value']:>11.3f}"
+        print(line)
     print(f"forced hits: {summary['hits']} hits, {summary['rejections']} rejections, {summary['misses']} misses; "
           f"false hits {_false_hits(summary)}; "
           f"accuracy on the hit questions {summary['hit_subset_accuracy']:.1%}; {summary['seconds']:.0f} s")  # fmt: skip
@@ -140,12 +165,18 @@ def _print(summary: dict, results: dict) -> None:
     for policy, row in summary["policies"].items():
         print(f"{policy:<14}{row['accuracy']:>10.1%}{row['hits']:>7}{row['rejections']:>12}{row['misses']:>8}"
               f"{row['agreement_with_cache_off']:>27.1%}")  # fmt: skip
-    types = sorted(results["stock"]["per_type"])
+    types = sorted(summary["per_type"]["stock"])
     if types != ["all"]:
-        print(f"\n{'question type':<16}{'n':>5}{'stock':>9}{'miss':>9}{'forced':>9}")
+        print(f"\n{'question type':<16}{'n':>5}" + "".join(f"{k + ' [95% CI]':>26}" for k in ("stock", "miss", "forced")))
         for qtype in types:
-            row = [results[k]["per_type"][qtype][0] for k in ("stock", "bgobj_miss", "bgobj_forced_hits")]
-            print(f"{qtype:<16}{results['stock']['per_type'][qtype][1]:>5}" + "".join(f"{v:>9.1%}" for v in row))
+            rows = [summary["per_type"][k][qtype] for k in COMPARED]
+            print(f"{qtype:<16}{rows[0]['n']:>5}"
+                  + "".join(f"{format(r['accuracy'], '.1%') + ' ' + _ci(r['ci_low'], r['ci_high']):>26}" for r in rows))  # fmt: skip
+
+
+def _ci(low: float, high: float, sign: bool = False) -> str:
+    spec = "+.1%" if sign else ".1%"
+    return f"[{format(low, spec)}, {format(high, spec)}]"
 
 
 __all__ = ["check_records", "default_mask_keys", "run_bench_accuracy"]

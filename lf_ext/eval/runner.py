@@ -65,7 +65,7 @@ def answer_records(chat, dataset_dir: str | Path, records: list[dict],
     ``around(index, record)`` if given; ``media(index, record, images, videos)`` may replace the media
     passed (e.g. to tag them with a request id); then ``after(index, record, correct, reply)`` runs."""
     per_type: dict[str, list[bool]] = defaultdict(list)
-    examples, answers = [], []
+    examples, answers, correct = [], [], []
     for index, rec in enumerate(tqdm(records, desc="answering", unit="q")):
         question, answer = question_and_answer(rec)
         images, videos = record_images(rec, dataset_dir), record_videos(rec, dataset_dir)
@@ -75,6 +75,7 @@ def answer_records(chat, dataset_dir: str | Path, records: list[dict],
             reply = chat.chat([{"role": "user", "content": question}], images=images or None, videos=videos or None)[0].response_text
         ok = normalize(reply) == normalize(answer)
         answers.append(reply)
+        correct.append(ok)
         per_type[question_type(rec)].append(ok)
         if after is not None:
             after(index, rec, ok, reply)
@@ -87,6 +88,7 @@ def answer_records(chat, dataset_dir: str | Path, records: list[dict],
         "per_type": {k: (sum(v) / len(v), len(v)) for k, v in sorted(per_type.items())},
         "examples": examples,
         "answers": answers,  # the replies, in record order
+        "correct": correct,  # right or not, in record order
     }
 
 
