@@ -296,6 +296,12 @@ def _bgobj_archs() -> list[str]:
     return [arch for arch in ARCH_NAMES if arch in FAMILY_PATHS]
 
 
+def _timing_model_options(parser: argparse.ArgumentParser) -> None:
+    """Where a timing bench's random checkpoints live, and its handler."""
+    parser.add_argument("--checkpoints", default="work/bench/checkpoints", help="where the random checkpoints are built once and reused")
+    parser.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lf_ext.masks.yolo_train import add_train_arguments as add_yolo_train_arguments
     from lf_ext.tiny import ARCH_NAMES, SHAPES
@@ -390,9 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_ttft.add_argument("--warmup", type=int, default=1, help="unrecorded rounds before them")
     bench_ttft.add_argument("--reuse-stock", action="store_true",
                             help="measure stock once per model and image size (first fraction), reuse it for the others")
-    bench_ttft.add_argument("--checkpoints", default="work/bench/checkpoints",
-                            help="where the random checkpoints are built once and reused")
-    bench_ttft.set_defaults(func=_cmd_bench)
+    _timing_model_options(bench_ttft)
 
     bench_stream = bench.add_parser("stream", help="fixed camera, moving object, ticking clock: stock vs cache vs cache+refine")
     bench_stream.add_argument("--json", required=True)
@@ -404,9 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_stream.add_argument("--object-fraction", type=float, default=0.1, help="object units / all units")
     bench_stream.add_argument("--modes", default="exact,cache,cache+refine",
                               help="comma-separated: exact (policy exact), cache (reuse, no refinement), cache+refine (the default policy)")
-    bench_stream.add_argument("--checkpoints", default="work/bench/checkpoints",
-                              help="where the random checkpoints are built once and reused")
-    bench_stream.set_defaults(func=_cmd_bench)
+    _timing_model_options(bench_stream)
 
     bench_acc = bench.add_parser("accuracy", help="exact match: stock vs bgobj (miss) vs bgobj with forced cache hits")
     bench_acc.add_argument("--dataset-dir", required=True, help="LLaMA-Factory dataset folder (dataset_info.json)")
@@ -444,14 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_budget.add_argument("--alphas", default="0.1,0.2,0.3,0.5,0.7,1.0")
     bench_budget.add_argument("--runs", type=int, default=3)
     bench_budget.add_argument("--warmup", type=int, default=1)
-    bench_budget.add_argument("--checkpoints", default="work/bench/checkpoints")
+    _timing_model_options(bench_budget)
     bench_budget.add_argument("--accuracy", action="store_true", help="also train and evaluate each (method, alpha) (slow)")
     bench_budget.add_argument("--dataset-dir", default=None, help="--accuracy: the scenes folder")
     bench_budget.add_argument("--workdir", default="work/bench/budget")
     bench_budget.add_argument("--methods", default="budget,v2,random,uniform")
     bench_budget.add_argument("--base-steps", type=int, default=None, help="default: bench accuracy's")
     bench_budget.add_argument("--extra-steps", type=int, default=None, help="default: bench accuracy's")
-    bench_budget.set_defaults(func=_cmd_bench)
 
     bench_video = bench.add_parser("video", help="clip TTFT: stock vs motion pruning vs bgobj miss/hit, and a stream's hit rate")
     bench_video.add_argument("--json", required=True)
@@ -462,8 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_video.add_argument("--warmup", type=int, default=1)
     bench_video.add_argument("--stream-clips", type=int, default=64, help="sliding windows in the hit-rate stream")
     bench_video.add_argument("--stream-shape", default="tiny", help="model of the hit-rate stream (hits depend on pixels only)")
-    bench_video.add_argument("--checkpoints", default="work/bench/checkpoints")
-    bench_video.set_defaults(func=_cmd_bench)
+    _timing_model_options(bench_video)
 
     bench_cache = bench.add_parser("cache", help="background cache lookup latency with many entries")
     bench_cache.add_argument("--json", required=True)

@@ -20,6 +20,7 @@ Three groups of methods:
 from __future__ import annotations
 
 import importlib
+from dataclasses import astuple, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -68,6 +69,24 @@ class PixelUnits:
     def fingerprint(self) -> str:
         """What changes the units (normalisation, sizes), for cache keys."""
         raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class NormalisedPixelUnits(PixelUnits):
+    """Pixel units of a processor that rescales and normalises per channel (both families' processors)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    rescale: float = 1 / 255
+    patch: int = 14
+
+    def fingerprint(self) -> str:
+        return repr((type(self).__name__, *astuple(self)))
+
+    def denormaliser(self, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, offset)`` viewed as ``shape`` (3 on the channel axis): ``values * scale + offset`` undoes the
+        processor's normalisation back to 0-255."""
+        return torch.tensor(self.std).view(shape) / self.rescale, torch.tensor(self.mean).view(shape) / self.rescale
 
 
 class BgObjFamily:

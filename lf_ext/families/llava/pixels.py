@@ -11,16 +11,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lf_ext.families.base import PixelUnits
+from lf_ext.families.base import NormalisedPixelUnits
 from lf_ext.layout import ImageLayout
 
 
 @dataclass(frozen=True)
-class LlavaPixelUnits(PixelUnits):
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    rescale: float = 1 / 255
-    patch: int = 14
+class LlavaPixelUnits(NormalisedPixelUnits):
+    """One unit per ``patch`` square of the processed image."""
 
     @classmethod
     def from_image_processor(cls, ip, patch: int = 14) -> "LlavaPixelUnits":
@@ -31,9 +28,6 @@ class LlavaPixelUnits(PixelUnits):
     def unit(self) -> int:
         return self.patch
 
-    def fingerprint(self) -> str:
-        return repr((type(self).__name__, self.mean, self.std, self.rescale, self.patch))
-
     def item_pixels(self, pixel_values: torch.Tensor, layout: ImageLayout, item: int) -> torch.Tensor:
         return pixel_values[item : item + 1]
 
@@ -43,7 +37,8 @@ class LlavaPixelUnits(PixelUnits):
         image = pixel_values[item].detach().float()
         if image.shape != (3, rows * self.patch, cols * self.patch):
             raise ValueError(f"pixel_values image {tuple(image.shape)} does not hold {rows}x{cols} patches of {self.patch} px")
-        values = image * (torch.tensor(self.std).view(3, 1, 1) / self.rescale) + torch.tensor(self.mean).view(3, 1, 1) / self.rescale
+        scale, offset = self.denormaliser((3, 1, 1))
+        values = image * scale + offset
         values = values.round_().clamp_(0, 255).to(torch.uint8)
         units = values.view(3, rows, self.patch, cols, self.patch).permute(1, 3, 2, 4, 0)
         return units.reshape(1, rows, cols, self.patch, self.patch, 3).numpy()

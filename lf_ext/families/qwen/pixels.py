@@ -14,18 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lf_ext.families.base import PixelUnits
+from lf_ext.families.base import NormalisedPixelUnits
 from lf_ext.layout import ImageLayout
 
 
 @dataclass(frozen=True)
-class QwenPixelUnits(PixelUnits):
+class QwenPixelUnits(NormalisedPixelUnits):
     """The processor settings that place and normalise the units."""
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    rescale: float = 1 / 255
-    patch: int = 14
     merge: int = 2
     temporal: int = 2
 
@@ -38,9 +34,6 @@ class QwenPixelUnits(PixelUnits):
     @property
     def unit(self) -> int:
         return self.merge * self.patch
-
-    def fingerprint(self) -> str:
-        return repr((type(self).__name__, self.mean, self.std, self.rescale, self.patch, self.merge, self.temporal))
 
     def _rows(self, layout: ImageLayout, item: int) -> slice:
         per_unit = self.merge**2
@@ -66,8 +59,7 @@ class QwenPixelUnits(PixelUnits):
         if block.shape[0] != slices * rows * cols * m * m or block.shape[1] != 3 * t * p * p:
             raise ValueError(f"pixel_values block {tuple(block.shape)} does not hold a {slices}x{rows}x{cols}-unit item "
                              f"of {m}x{m} patches with {3 * t * p * p} values each")  # fmt: skip
-        scale = torch.tensor(self.std).view(1, 3, 1, 1, 1) / self.rescale
-        offset = torch.tensor(self.mean).view(1, 3, 1, 1, 1) / self.rescale
+        scale, offset = self.denormaliser((1, 3, 1, 1, 1))
         frames = block.reshape(-1, 3, t, p, p)[:, :, :1 if first_only else t].float()  # (patches, 3, frames, p, p)
         values = torch.addcmul(offset, frames, scale).round_().clamp_(0, 255).to(torch.uint8)  # quantise, then move bytes
         f = values.shape[2]
