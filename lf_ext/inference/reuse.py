@@ -226,7 +226,7 @@ class BackgroundReuse:
     def _hit_groups(self, hit, units: np.ndarray, layout: ImageLayout) -> torch.Tensor:
         """A hit's groups: the entry's background units as cached (kept or dropped), the rest object units of
         the request, with the token budget applied to them from the request's pixels."""
-        background = torch.from_numpy(hit.background.reshape(-1))
+        background = torch.tensor(hit.background.reshape(-1))  # a copy: the entry's array is read-only
         cached = hit.payload.get(UNIT_GROUPS)
         groups = cached.to(torch.int8).clone() if cached is not None else torch.zeros_like(background, dtype=torch.int8)
         object_groups = self._selected(units, hit.object_labels, layout)
