@@ -81,12 +81,16 @@ def run_bench_accuracy(dataset_dir: str | Path, train: str, test: str, json_out:
     check_records(test_records, test)
     keys = default_mask_keys(test_records, bgobj_keys or {})
     pixels = {"image_max_pixels": image_max_pixels} | ({"image_min_pixels": image_min_pixels} if image_min_pixels else {})
+    lengths = {}
     if any(r.get("videos") for r in train_records + test_records):  # video QA: frames get the same pixel budget
         pixels["video_max_pixels"] = image_max_pixels
+        # the video processor's own min_pixels (128 x 28 x 28) upscales small frames: a 16-frame clip of
+        # 224-px frames is ~1,150 tokens, over the tiny recipes' cutoff_len (LLaMA-Factory would cut the clip)
+        lengths["cutoff_len"] = 4096
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     checkpoint = build_checkpoint(arch, work / f"tiny_{arch}", seed=0)
-    adapted = adapt(work, checkpoint, {"dataset": train, "dataset_dir": dataset_dir, **pixels}, keys, base_steps, extra_steps,
+    adapted = adapt(work, checkpoint, {"dataset": train, "dataset_dir": dataset_dir, **pixels, **lengths}, keys, base_steps, extra_steps,
                     stock_template=family.stock_template, bgobj_template=family.template)  # fmt: skip
     chat_args = dict(keys, dataset_dir=str(dataset_dir), dataset=test, **{k: v for k, v in pixels.items() if k != "image_max_pixels"})
     if keys["bgobj_mask_provider"] == "dataset":

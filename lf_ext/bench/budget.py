@@ -153,7 +153,8 @@ def run_bench_budget(json_out: str | Path, plot: str | Path | None = None, shape
 
 
 def plot_budget(payload: dict, path: str | Path) -> None:
-    """TTFT speed-up against alpha; accuracy against alpha per method (when measured)."""
+    """TTFT against the visual tokens kept (each point labelled with its alpha; stock at all units);
+    accuracy against alpha per method (when measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,10 +164,15 @@ def plot_budget(payload: dict, path: str | Path) -> None:
     fig, axes = plt.subplots(1, panels, figsize=(4.8 * panels, 3.6), squeeze=False)
     ax = axes[0][0]
     for method in ("budget/random/uniform", "v2"):
-        rows = [r for r in payload["ttft"] if r["method"] == method]
-        ax.plot([r["alpha"] for r in rows], [r["speedup"] for r in rows], "o-", label=method)
-    ax.set_xlabel("alpha")
-    ax.set_ylabel("TTFT speed-up over stock")
+        rows = sorted((r for r in payload["ttft"] if r["method"] == method), key=lambda r: r["tokens"])
+        ax.plot([r["tokens"] for r in rows], [r["ttft_ms"] / 1000 for r in rows], "o-", label=method)
+        for r in rows:
+            ax.annotate(f"{r['alpha']:g}", (r["tokens"], r["ttft_ms"] / 1000), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    units = payload["ttft"][0]["units"]
+    ax.plot([units], [payload["ttft"][0]["stock_ms"] / 1000], "k*", markersize=10, label="stock")
+    ax.set_xlabel("visual tokens (labels: alpha)")
+    ax.set_ylabel("time to first token (s)")
+    ax.set_ylim(bottom=0)
     ax.set_title(f"{payload['shape']}, {payload['image_px']} px")
     ax.grid(alpha=0.3)
     ax.legend()
