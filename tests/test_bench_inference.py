@@ -102,7 +102,7 @@ def test_forced_hits_count_hits_and_false_hits(tiny_dir, tmp_path):
         else:  # img3 ('p', no sibling) verifies against img0's entry ('q', same pixels): a false hit by identity
             assert result["outcomes"]["hit"] == 4 and result["sibling_entries"] == 3 and result["false_hits"] == 1
             (example,) = result["false_hit_examples"]
-            assert example["image"] == "img3.png" and set(example["served_from"]) <= {"img0.png", "img1.png", "img2.png"}
+            assert example["media"] == "img3.png" and set(example["served_from"]) <= {"img0.png", "img1.png", "img2.png"}
 
 
 def test_bench_accuracy_rejects_unusable_datasets(tmp_path):

@@ -39,7 +39,7 @@ def test_misspelt_key_lists_valid_keys_and_suggests():
 
 
 def test_unknown_choice_is_rejected_with_choices():
-    with pytest.raises(BgObjConfigError, match="not one of: dataset, entropy, none, reference, yolo"):
+    with pytest.raises(BgObjConfigError, match="not one of: dataset, entropy, motion, none, reference, yolo"):
         parse_bgobj_args({"bgobj_mask_provider": "sam"})
 
 

@@ -98,11 +98,13 @@ def test_tiny_bgobj_recipe_trains_with_zero2_and_zero3(tmp_path, tiny_dir):
     losses = {}
     for stage in (2, 3):
         out = tmp_path / f"zero{stage}"
+        # LLAMAFACTORY_VERBOSITY=INFO: DeepSpeed's own log line says which stage ran (lf_ext.eval sets WARN in-process)
         proc = run_cli(["llamafactory-cli", "train", str(REPO_ROOT / "yaml/tiny/stage1_projector.yaml"),
                         f"model_name_or_path={tiny_dir('qwen2_vl')}", f"dataset_dir={REPO_ROOT / 'data'}",
                         f"output_dir={out}", "max_steps=2", "per_device_train_batch_size=2", "logging_steps=1",
                         "ddp_backend=gloo", f"deepspeed={REPO_ROOT / f'yaml/deepspeed/ds_z{stage}_config.json'}"],
-                       cwd=tmp_path, timeout=900, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")  # fmt: skip
+                       cwd=tmp_path, timeout=900, FORCE_TORCHRUN="1", NPROC_PER_NODE="2",
+                       LLAMAFACTORY_VERBOSITY="INFO")  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-4000:]
         assert f"ZeRO stage {stage}" in proc.stdout
         losses[stage] = _losses(out)
