@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -48,10 +49,12 @@ def majority_baseline(train: list[dict], test: list[dict]) -> float:
 
 def open_chat(model_dir: str | Path, template: str, image_max_pixels: int = 50176, extra_args: dict | None = None):
     """LLaMA-Factory's ``ChatModel`` for greedy short answers; ``extra_args`` e.g. ``bgobj_*`` or ``image_min_pixels``."""
-    os.environ.setdefault("LLAMAFACTORY_VERBOSITY", "WARN")
     from llamafactory.chat import ChatModel
+    from llamafactory.extras.logging import get_logger
     from transformers.utils import logging as hf_logging
 
+    if "LLAMAFACTORY_VERBOSITY" not in os.environ:  # quiet this process's LLaMA-Factory logs, not its children's
+        get_logger().setLevel(logging.WARNING)
     hf_logging.set_verbosity_warning()
     return ChatModel(dict(model_name_or_path=str(model_dir), template=template, image_max_pixels=image_max_pixels,
                           max_new_tokens=8, do_sample=False, infer_dtype="float32", **(extra_args or {})))  # fmt: skip
