@@ -196,7 +196,7 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
         run_bench_budget(args.json, plot=args.plot, shape=args.shape, px=args.px, alphas=tuple(float(a) for a in args.alphas.split(",")),
                          runs=args.runs, warmup=args.warmup, checkpoints=args.checkpoints, accuracy=args.accuracy,
                          dataset_dir=args.dataset_dir, workdir=args.workdir, base_steps=args.base_steps, extra_steps=args.extra_steps,
-                         methods=tuple(args.methods.split(",")))  # fmt: skip
+                         methods=tuple(args.methods.split(",")), ttft_from=args.ttft_from)  # fmt: skip
     elif args.bench_command == "video":
         from lf_ext.bench.video import run_bench_video
 
@@ -453,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_budget.add_argument("--methods", default="budget,v2,random,uniform")
     bench_budget.add_argument("--base-steps", type=int, default=None, help="default: bench accuracy's")
     bench_budget.add_argument("--extra-steps", type=int, default=None, help="default: bench accuracy's")
+    bench_budget.add_argument("--ttft-from", default=None, help="reuse the TTFT rows of an earlier JSON of this bench (no timing)")
 
     bench_video = bench.add_parser("video", help="clip TTFT: stock vs motion pruning vs bgobj miss/hit, and a stream's hit rate")
     bench_video.add_argument("--json", required=True)

@@ -15,6 +15,7 @@ its own count) and, at the budget's count, ``random`` and ``uniform`` (grid subs
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from pathlib import Path
@@ -93,7 +94,9 @@ def measure_ttft(loaded: Loaded, image, alphas, runs: int, warmup: int) -> list[
 
 def measure_accuracy(dataset_dir: Path, train: str, test: str, work: Path, alphas, methods, base_steps: int, extra_steps: int,
                      image_max_pixels: int) -> list[dict]:  # fmt: skip
-    """Exact match per (method, alpha) after the same extra steps from one base (see the module docstring)."""
+    """Exact match per (method, alpha) after the same extra steps from one base (see the module docstring),
+    each row with its 95 % Wilson interval and, paired on the same questions, its difference to stock and
+    (entropy methods) to random selection at the same alpha: bootstrap interval and McNemar p."""
     from lf_ext.adaptation import train_stage
     from lf_ext.eval.runner import exact_match, load_records, majority_baseline
     from lf_ext.tiny.checkpoint import build_checkpoint
@@ -102,36 +105,86 @@ def measure_accuracy(dataset_dir: Path, train: str, test: str, work: Path, alpha
     data = dict(dataset=train, dataset_dir=dataset_dir, image_max_pixels=image_max_pixels, template="qwen2_vl")
     base, _ = train_stage(work, "base", "stock_sft.yaml", base_steps, model_name_or_path=build_checkpoint("qwen2_vl", work / "tiny", seed=0), **data)
     stock, _ = train_stage(work, "stock", "stock_sft.yaml", extra_steps, model_name_or_path=base, **data)
-    stock_acc = exact_match(stock, "qwen2_vl", dataset_dir, test_records, image_max_pixels)
-    rows = [{"method": "stock", "alpha": 1.0, "accuracy": stock_acc["accuracy"], "n": stock_acc["n"],
-             "majority_baseline": majority_baseline(train_records, test_records)}]  # fmt: skip
+    outcomes = {("stock", 1.0): exact_match(stock, "qwen2_vl", dataset_dir, test_records, image_max_pixels)["correct"]}
     for method in methods:
         for alpha in alphas:
             if alpha >= 1.0 and method in ("budget", "random", "uniform"):
                 continue  # alpha 1 keeps every unit: the stock row
             keys = dict(bgobj_patch_selection=method, bgobj_patch_alpha=alpha)
             model, _ = train_stage(work, f"{method}_{alpha}", "stock_sft.yaml", extra_steps, model_name_or_path=base, **data, **keys)
-            result = exact_match(model, "qwen2_vl", dataset_dir, test_records, image_max_pixels, extra_args=keys)
-            rows.append({"method": method, "alpha": alpha, "accuracy": result["accuracy"], "n": result["n"]})
-            print(f"  accuracy {method} alpha {alpha}: {result['accuracy']:.1%}", flush=True)
+            outcomes[(method, alpha)] = exact_match(model, "qwen2_vl", dataset_dir, test_records, image_max_pixels, extra_args=keys)["correct"]
+            print(f"  accuracy {method} alpha {alpha}: {sum(outcomes[(method, alpha)]) / len(test_records):.1%}", flush=True)
+    return accuracy_rows(outcomes, majority_baseline(train_records, test_records))
+
+
+def accuracy_rows(outcomes: dict[tuple[str, float], list[bool]], majority: float) -> list[dict]:
+    """One row per (method, alpha): accuracy, n, 95 % interval, and paired comparisons against stock and
+    (for the entropy methods) against random selection at the same alpha."""
+    from lf_ext.eval.stats import accuracy_row, mcnemar, paired_bootstrap
+
+    def paired(a: list[bool], b: list[bool]) -> dict:
+        low, high = paired_bootstrap(a, b)
+        return {"difference": (sum(a) - sum(b)) / max(1, len(a)), "difference_ci": [low, high], "p_value": mcnemar(a, b)["p_value"]}
+
+    stock = outcomes[("stock", 1.0)]
+    rows = []
+    for (method, alpha), correct in outcomes.items():
+        row = {"method": method, "alpha": alpha, **accuracy_row(correct)}
+        if method == "stock":
+            row["majority_baseline"] = majority
+        else:
+            row["vs_stock"] = paired(correct, stock)
+            if method in ("budget", "v2") and ("random", alpha) in outcomes:
+                row["vs_random"] = paired(correct, outcomes[("random", alpha)])
+        rows.append(row)
     return rows
+
+
+def _signed(comparison: dict | None) -> str:
+    if comparison is None:
+        return ""
+    low, high = comparison["difference_ci"]
+    return f"{comparison['difference']:+.1%} [{low:+.1%}, {high:+.1%}] p={comparison['p_value']:.2f}"
+
+
+def print_accuracy(rows: list[dict]) -> None:
+    """The accuracy table: interval, and the paired differences to stock and to random."""
+    majority = next(r["majority_baseline"] for r in rows if r["method"] == "stock")
+    print(f"\nexact match on {rows[0]['n']} test questions after the same extra steps with the selection on "
+          f"(stock: none; majority-answer baseline {majority:.1%})")  # fmt: skip
+    table = [{**r, "ci": f"[{r['ci_low']:.1%}, {r['ci_high']:.1%}]", "minus_stock": _signed(r.get("vs_stock")),
+              "minus_random": _signed(r.get("vs_random"))} for r in rows]  # fmt: skip
+    print_table(table, [("method", "{}"), ("alpha", "{}"), ("accuracy", "{:.1%}"), ("ci", "{}"), ("minus_stock", "{}"),
+                        ("minus_random", "{}")])  # fmt: skip
 
 
 def run_bench_budget(json_out: str | Path, plot: str | Path | None = None, shape: str = "2b", px: int = 896,
                      alphas=ALPHAS, runs: int = 3, warmup: int = 1, checkpoints: str | Path = "work/bench/checkpoints",
                      accuracy: bool = False, dataset_dir: str | Path | None = None, train: str = "scenes_train",
                      test: str = "scenes_test", workdir: str | Path = "work/bench/budget", methods=METHODS,
-                     base_steps: int | None = None, extra_steps: int | None = None, image_max_pixels: int = 50176) -> dict:  # fmt: skip
-    """TTFT rows (and accuracy rows), printed and written as JSON (and a plot)."""
+                     base_steps: int | None = None, extra_steps: int | None = None, image_max_pixels: int = 50176,
+                     ttft_from: str | Path | None = None) -> dict:  # fmt: skip
+    """TTFT rows (and accuracy rows), printed and written as JSON (and a plot). ``ttft_from``: take the
+    TTFT rows (and their run's machine record) from an earlier JSON of this bench instead of timing again,
+    e.g. to train the accuracy half while the machine is busy without spoiling timings."""
     from lf_ext.adaptation import BASE_STEPS, EXTRA_STEPS
 
     torch.manual_seed(0)
     started = time.perf_counter()
     dtype = "bfloat16" if shape in TIMING_SHAPES else "float32"
-    loaded = load(checkpoint(shape, checkpoints), px, dtype)
-    ttft = measure_ttft(loaded, scene_image(px), alphas, runs, warmup)
-    del loaded
-    print(f"\nTTFT, {shape} shape ({dtype}), one {px}x{px} scene image, medians of {runs} runs after {warmup} warm-up")
+    timed_on = None
+    if ttft_from is not None:
+        earlier = json.loads(Path(ttft_from).read_text())
+        if earlier.get("benchmark") != "budget" or not earlier.get("ttft"):
+            raise ValueError(f"--ttft-from {ttft_from}: not a `lf-ext bench budget` JSON with TTFT rows")
+        shape, px, runs, ttft = earlier["shape"], earlier["image_px"], earlier["runs"], earlier["ttft"]
+        timed_on = {"from": str(ttft_from), "machine": earlier.get("machine")}
+    else:
+        loaded = load(checkpoint(shape, checkpoints), px, dtype)
+        ttft = measure_ttft(loaded, scene_image(px), alphas, runs, warmup)
+        del loaded
+    print(f"\nTTFT, {shape} shape ({dtype}), one {px}x{px} scene image, medians of {runs} runs"
+          + (f" (from {ttft_from})" if timed_on else f" after {warmup} warm-up"))  # fmt: skip
     print_table(ttft, [("alpha", "{}"), ("method", "{}"), ("tokens", "{}"), ("units", "{}"), ("ttft_ms", "{:.0f}"),
                        ("stock_ms", "{:.0f}"), ("speedup", "{:.2f}")])  # fmt: skip
     acc_rows = []
@@ -142,10 +195,9 @@ def run_bench_budget(json_out: str | Path, plot: str | Path | None = None, shape
         work.mkdir(parents=True, exist_ok=True)
         acc_rows = measure_accuracy(Path(dataset_dir).resolve(), train, test, work, alphas, methods, base_steps or BASE_STEPS,
                                     extra_steps or EXTRA_STEPS, image_max_pixels)  # fmt: skip
-        print("\nexact match after the same extra steps with the selection on (stock: none)")
-        print_table(acc_rows, [("method", "{}"), ("alpha", "{}"), ("accuracy", "{:.1%}"), ("n", "{}")])
+        print_accuracy(acc_rows)
     payload = {"benchmark": "budget", "machine": machine_info(), "shape": shape, "image_px": px, "runs": runs,
-               "ttft": ttft, "accuracy": acc_rows, "seconds": time.perf_counter() - started}  # fmt: skip
+               "ttft": ttft, "ttft_timed_on": timed_on, "accuracy": acc_rows, "seconds": time.perf_counter() - started}  # fmt: skip
     write_json(json_out, payload)
     if plot:
         plot_budget(payload, plot)
