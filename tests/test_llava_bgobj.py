@@ -283,3 +283,46 @@ def test_sibling_training_serves_a_hit_bit_for_bit(loaded, tmp_path):
         mine, theirs = family.encode(model, x["pixel_values"], layout), family.encode(model, s["pixel_values"], layout)
         assert torch.equal(mine[:n_bg], theirs[:n_bg])
     assert served >= 2
+
+
+def test_positions_follow_the_stock_raster_walk():
+    """Each visual token sits at its unit's stock position (s + raster index), the separators after the
+    image's N units, the text after at its sequence index; left padding shifts nothing; an item with
+    dropped units keeps sequential positions."""
+    from lf_ext.families.llava.positions import layout_positions
+    from lf_ext.layout import SeparatorIds
+
+    ids = SeparatorIds(bg_start=101, bg_end=102, obj_start=103, obj_end=104, image=9)
+    labels = torch.tensor([0, 1, 0, 0, 1, 0], dtype=torch.bool)  # a (1, 2, 3) grid, units 1 and 4 object
+    layout = ImageLayout.from_labels([(1, 2, 3)], labels)
+    row = [7, 8, 101, 9, 9, 9, 9, 102, 103, 9, 9, 104, 5, 6]
+    got = layout_positions(torch.tensor([row]), layout, ids)
+    s = 3  # [BG_START] at position 2
+    expected = [0, 1, 2, s + 0, s + 2, s + 3, s + 5, s + 6, s + 7, s + 1, s + 4, s + 8, 12, 13]
+    assert got.tolist() == [expected]
+    assert got[0, -2:].tolist() == [len(row) - 2, len(row) - 1]  # text after: its sequence index (generate's decode)
+
+    padded = torch.tensor([[0, 0] + row])
+    mask = torch.tensor([[0, 0] + [1] * len(row)])
+    assert layout_positions(padded, layout, ids, mask)[0, 2:].tolist() == expected
+
+    dropped = layout.with_kept(0, torch.tensor([True, True, False, True, True, True]))
+    short = [7, 8, 101, 9, 9, 9, 102, 103, 9, 9, 104, 5]
+    assert layout_positions(torch.tensor([short]), dropped, ids).tolist() == [list(range(len(short)))]
+
+    with pytest.raises(ValueError, match="visual tokens in the sequence"):
+        layout_positions(torch.tensor([short]), layout, ids)
+
+
+@torch.no_grad()
+def test_layout_positions_replace_the_sequential_ones_generate_passes(loaded, data):
+    """generate passes sequential position ids in the prefill; the forward uses the layout's instead
+    (same logits as passing none), and they differ from sequential ones (the test can fail)."""
+    _, _, model = loaded
+    ids, inputs = _inputs(loaded, data, "img0.png")
+    sequential = torch.arange(ids.shape[1]).unsqueeze(0)
+    layout = ImageLayout.unpack(inputs[LAYOUT_KEY])
+    assert not torch.equal(family_of(model).positions(model, ids, layout), sequential)
+    plain = model(input_ids=ids, **inputs).logits
+    given = model(input_ids=ids, position_ids=sequential, **inputs).logits
+    torch.testing.assert_close(given, plain, rtol=0, atol=0)

@@ -100,6 +100,9 @@ class BgObjFamily:
     plugin: str = ""  # "module:Class" of the bgobj mm plugin
     init_targets: dict[str, str] = {}  # transformers module -> class whose __init__ creates the bgobj modules
     decoder_layers: dict[str, str] = {}  # text config model_type -> "module:Class" (prefusion)
+    # the layout's positions replace position ids a caller passed (``generate`` passes sequential ones);
+    # False where the model computes its own from the layout (Qwen: ``get_rope_index``)
+    replaces_given_positions: bool = False
 
     # ------------------------------------------------------------------ config and structure
     def spec_holder(self, config) -> Any:
@@ -222,7 +225,9 @@ class BgObjFamily:
 
     def prefusion_positions(self, position_ids, hidden: torch.Tensor, past_length: int):
         """(positions for the rotary embedding, 1-D text positions for the causal mask) of a prefusion
-        call, from what the language model received; default: 1-D positions."""
+        call, from what the language model received; default: 1-D positions, and no text positions (the
+        causal mask follows the sequence order: transformers would read non-consecutive position ids
+        without an attention mask as packed sequences)."""
         if position_ids is None:
             position_ids = (torch.arange(hidden.shape[1], device=hidden.device) + past_length).unsqueeze(0)
-        return position_ids, position_ids
+        return position_ids, None

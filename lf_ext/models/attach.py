@@ -63,8 +63,11 @@ def _layout_forward(model: nn.Module, family: BgObjFamily):
             started = time.perf_counter()
             embeds = embed_layout(model, family, input_ids, kwargs.pop("pixel_values"), layout)
             observe_component("vision", time.perf_counter() - started)
-            if kwargs.get("position_ids") is None:
+            if kwargs.get("position_ids") is None or family.replaces_given_positions:
                 kwargs["position_ids"] = family.positions(model, input_ids, layout, kwargs.get("attention_mask"))
+            if family.replaces_given_positions and kwargs.get("attention_mask") is None:
+                # without a mask, transformers reads non-consecutive position ids as packed sequences
+                kwargs["attention_mask"] = torch.ones_like(input_ids)
             return stock_forward(input_ids=None, inputs_embeds=embeds, **kwargs)
 
         forward.__signature__ = _with_layout(inspect.signature(stock_forward))

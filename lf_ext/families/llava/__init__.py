@@ -8,8 +8,9 @@ a Llama LLM).
   processor's shortest-edge resize and centre crop, or its pad-to-square (``do_pad``);
 - the projector is ``multi_modal_projector``; LLaVA-1.5 has no image delimiters, so the separators
   start from the ``<image>`` token's embedding row (never used by stock: image features replace it);
-- positions are 1-D and sequential, as stock: everything up to ``[BG_END]`` depends on the
-  background's units only (their count and pixels), so the prefix is cacheable.
+- positions are 1-D: each visual token at its unit's stock raster position, the separators where
+  stock text after the image would start (:mod:`lf_ext.families.llava.positions`); everything up to
+  ``[BG_END]`` depends on the background's units only, so the prefix is cacheable.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from lf_ext.families.base import BgObjFamily, inner_model
+from lf_ext.families.llava import positions as llava_positions
 from lf_ext.families.llava.pixels import LlavaPixelUnits
 from lf_ext.families.llava.vision import check_tower, encode_units
 from lf_ext.layout import TOKEN_GROUPS, ImageLayout
@@ -28,6 +30,7 @@ class LlavaFamily(BgObjFamily):
     name = "llava"
     model_types = ("llava",)
     template = "llava_bgobj"
+    replaces_given_positions = True  # generate passes sequential position ids; the layout's replace them
     stock_template = "llava"
     plugin = "lf_ext.plugins.llava_bgobj:LlavaBgObjPlugin"
     init_targets = {"transformers.models.llava.modeling_llava": "LlavaModel"}
@@ -91,8 +94,7 @@ class LlavaFamily(BgObjFamily):
 
     def positions(self, model: nn.Module, input_ids: torch.Tensor, layout: ImageLayout,
                   attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
-        """Sequential, as the stock model's default (``cache_position``) for a sequence without a cache."""
-        return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], -1)
+        return llava_positions.layout_positions(input_ids, layout, self.separator_tokens(model), attention_mask)
 
     def stock_features(self, model: nn.Module, mm_inputs: dict) -> torch.Tensor:
         inner = inner_model(model)
