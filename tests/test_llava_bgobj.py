@@ -114,30 +114,44 @@ def test_full_strategy_is_refused(tiny_dir, data):
         check_tower(model.model.vision_tower, "full")
 
 
+@pytest.mark.parametrize("budget", [{}, dict(bgobj_patch_selection="budget", bgobj_patch_alpha=0.5)], ids=["all_units", "budget"])
 @torch.no_grad()
-def test_hit_logits_equal_recompute_and_generate_matches(tiny_dir, data):
+def test_hit_logits_equal_recompute_and_generate_matches(tiny_dir, data, budget):
     """Invariant 3 on LLaVA: a hit's logits equal the model's own forward with the hit's layout; generate
-    through the cache equals generate without it (tokens and scores)."""
+    through the cache equals generate without it (tokens and scores); also when a token budget drops units."""
     from lf_ext.cache import BackgroundCache
     from lf_ext.inference.reuse import BackgroundReuse
+    from lf_ext.config import Settings
     from lf_ext.inference.runtime import BgObjRuntime, attach_runtime
+    from lf_ext.selection import PatchSelection
 
-    tok, template, model = _load(tiny_dir, data, bgobj_prefusion_layers=1, bgobj_split_projector=True)
+    tok, template, model = _load(tiny_dir, data, bgobj_prefusion_layers=1, bgobj_split_projector=True, **budget)
     model.model.bgobj.prefusion.gates.fill_(0.7)
     family = family_of(model)
     pixels = family.pixel_units(tok["processor"].image_processor)
-    reuse = BackgroundReuse(model, family, BackgroundCache(1 << 30), pixels)
+    selection = PatchSelection.from_settings(Settings.from_dict(budget).keys)
+    reuse = BackgroundReuse(model, family, BackgroundCache(1 << 30), pixels, selection=selection)
     ids, inputs = encode(tok, template, [str(data / "img0.png")])
     assert reuse.prefill(ids, inputs["pixel_values"], ImageLayout.unpack(inputs[LAYOUT_KEY])).outcome.kind == "miss"
     ids, inputs = encode(tok, template, [str(data / "img1.png")])
     hit = reuse.prefill(ids, inputs["pixel_values"], ImageLayout.unpack(inputs[LAYOUT_KEY]))
-    assert hit.outcome.kind == "hit" and hit.outcome.object_units == 36
+    request = ImageLayout.unpack(inputs[LAYOUT_KEY])
+    assert hit.outcome.kind == "hit" and hit.outcome.object_units == request.n_object(0) == (18 if budget else 36)
+    assert torch.equal(hit.layout.groups, request.groups)  # the hit serves the request's own split and budget
     out = model(input_ids=hit.input_ids, pixel_values=inputs["pixel_values"], bgobj_layout=hit.layout.pack())
     torch.testing.assert_close(hit.logits, out.logits[:, -1].float(), rtol=0, atol=1e-5)
+    if budget:  # a hit whose split is longer than the request's (no budget on its object): the last token's logits still
+        unbudgeted = BackgroundReuse(model, family, BackgroundCache(1 << 30), pixels)
+        for name in ("img0.png", "img1.png"):
+            ids, inputs = encode(tok, template, [str(data / name)])
+            longer = unbudgeted.prefill(ids, inputs["pixel_values"], ImageLayout.unpack(inputs[LAYOUT_KEY]))
+        assert longer.outcome.kind == "hit" and longer.input_ids.shape[1] == ids.shape[1] + 18
+        out = model(input_ids=longer.input_ids, pixel_values=inputs["pixel_values"], bgobj_layout=longer.layout.pack())
+        torch.testing.assert_close(longer.logits, out.logits[:, -1].float(), rtol=0, atol=1e-5)
 
     answers = {}
     for cached in (False, True):
-        runtime = attach_runtime(model, BgObjRuntime(model, family, BackgroundReuse(model, family, BackgroundCache(1 << 30), pixels) if cached else None))
+        runtime = attach_runtime(model, BgObjRuntime(model, family, BackgroundReuse(model, family, BackgroundCache(1 << 30), pixels, selection=selection) if cached else None))
         for name in ("img0.png", "img1.png", "img2.png"):
             ids, inputs = encode(tok, template, [str(data / name)])
             out = model.generate(inputs=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
@@ -286,9 +300,10 @@ def test_sibling_training_serves_a_hit_bit_for_bit(loaded, tmp_path):
 
 
 def test_positions_follow_the_stock_raster_walk():
-    """Each visual token sits at its unit's stock position (s + raster index), the separators after the
-    image's N units, the text after at its sequence index; left padding shifts nothing; an item with
-    dropped units keeps sequential positions."""
+    """Each visual token sits at its unit's stock position (s + raster index), [BG_END] [OBJ_START] after the
+    image's N units, [OBJ_END] and the text after at their sequence index; left padding shifts nothing;
+    with dropped units the kept ones keep their raster positions and the prefix up to [BG_END] does not
+    depend on what the object keeps."""
     from lf_ext.families.llava.positions import layout_positions
     from lf_ext.layout import SeparatorIds
 
@@ -298,17 +313,18 @@ def test_positions_follow_the_stock_raster_walk():
     row = [7, 8, 101, 9, 9, 9, 9, 102, 103, 9, 9, 104, 5, 6]
     got = layout_positions(torch.tensor([row]), layout, ids)
     s = 3  # [BG_START] at position 2
-    expected = [0, 1, 2, s + 0, s + 2, s + 3, s + 5, s + 6, s + 7, s + 1, s + 4, s + 8, 12, 13]
-    assert got.tolist() == [expected]
-    assert got[0, -2:].tolist() == [len(row) - 2, len(row) - 1]  # text after: its sequence index (generate's decode)
+    expected = [0, 1, 2, s + 0, s + 2, s + 3, s + 5, s + 6, s + 7, s + 1, s + 4, 11, 12, 13]
+    assert got.tolist() == [expected] and expected[-3:] == [s + 8, s + 9, s + 10]  # no drops: as stock after the image
 
     padded = torch.tensor([[0, 0] + row])
     mask = torch.tensor([[0, 0] + [1] * len(row)])
     assert layout_positions(padded, layout, ids, mask)[0, 2:].tolist() == expected
 
-    dropped = layout.with_kept(0, torch.tensor([True, True, False, True, True, True]))
-    short = [7, 8, 101, 9, 9, 9, 102, 103, 9, 9, 104, 5]
-    assert layout_positions(torch.tensor([short]), dropped, ids).tolist() == [list(range(len(short)))]
+    object_dropped = layout.with_kept(0, torch.tensor([True, False, True, True, True, True]))
+    short = [7, 8, 101, 9, 9, 9, 9, 102, 103, 9, 104, 5]
+    got = layout_positions(torch.tensor([short]), object_dropped, ids)[0].tolist()
+    assert got[:9] == expected[:9]  # the prefix up to [OBJ_START]: the background's only
+    assert got[9:] == [s + 4, 10, 11]  # the kept object unit at its raster position, then the sequence index
 
     with pytest.raises(ValueError, match="visual tokens in the sequence"):
         layout_positions(torch.tensor([short]), layout, ids)
@@ -326,3 +342,9 @@ def test_layout_positions_replace_the_sequential_ones_generate_passes(loaded, da
     plain = model(input_ids=ids, **inputs).logits
     given = model(input_ids=ids, position_ids=sequential, **inputs).logits
     torch.testing.assert_close(given, plain, rtol=0, atol=0)
+    packed = sequential.clone()
+    packed[0, 5:] -= 5  # a second sample restarting at 0, as packing gives
+    with pytest.raises(ValueError, match="packing"):
+        model(input_ids=ids, position_ids=packed, **inputs)
+    with pytest.raises(ValueError, match="4-D attention mask"):
+        model(input_ids=ids, attention_mask=torch.ones(1, 1, ids.shape[1], ids.shape[1]), **inputs)

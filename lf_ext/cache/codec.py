@@ -21,7 +21,7 @@ import torch
 
 from lf_ext.cache.entry import CacheEntry, IndexKey, entry_id
 
-FORMAT = "lf_ext.bgcache.v2"
+FORMAT = "lf_ext.bgcache.v3"  # v3: LLaVA raster positions (v2 prefixes were computed with sequential ones)
 META_KEYS = ("format", "namespace", "entry_id", "context_key", "rows", "cols", "unit", "background", "probes", "payload")
 DIGESTS = ("header_sha256", "sha256")
 MAX_HEADER = 1 << 26

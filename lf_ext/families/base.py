@@ -89,6 +89,13 @@ class NormalisedPixelUnits(PixelUnits):
         return torch.tensor(self.std).view(shape) / self.rescale, torch.tensor(self.mean).view(shape) / self.rescale
 
 
+def sequential_positions(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``generate``'s own 1-D positions of a batch: the count of attended tokens before each (0 at padding)."""
+    if attention_mask is None:
+        return torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0).expand(input_ids.shape[0], -1).clone()
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(attention_mask == 0, 0)
+
+
 class BgObjFamily:
     """What lf_ext needs to know about one architecture. Subclasses set the attributes below and
     implement the methods that raise ``NotImplementedError``."""

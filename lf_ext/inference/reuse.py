@@ -145,6 +145,7 @@ class BackgroundReuse:
             labels, groups = hit.object_labels, self._over_slices(self._hit_groups(hit, units, layout), layout)
         used = layout.with_item(0, groups)
         ids = respan(input_ids, span, used.n_background(0), used.n_object(0), self.tokens)
+        upto += ids.shape[1] - input_ids.shape[1]  # the same token, when the split changed the item's length
         new_span = self._span(ids, used)
         positions = self.family.positions(self.model, ids, used)
         if hit is not None:
@@ -251,8 +252,11 @@ class BackgroundReuse:
         return scatter_features(embeds, ids, features[:count], self.tokens.image)
 
     def _llm(self, embeds, positions, cache) -> torch.Tensor:
+        mask = None
+        if self.family.replaces_given_positions:  # non-consecutive ids without a mask read as packing (FA2)
+            mask = torch.ones(1, cache.get_seq_length() + embeds.shape[1], dtype=torch.long, device=embeds.device)
         out = self.family.language_model(self.model)(inputs_embeds=embeds, position_ids=positions, past_key_values=cache,
-                                                     use_cache=True)  # fmt: skip
+                                                     attention_mask=mask, use_cache=True)  # fmt: skip
         return out.last_hidden_state
 
     def _new_cache(self) -> DynamicCache:
