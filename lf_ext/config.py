@@ -69,6 +69,14 @@ class BgObjArguments:
     bgobj_patch_thresholds: str = _key("3,2", "Token budget 'v1': entropy thresholds (bits) of 2x2- and 4x4-unit blocks, "
                                        "comma-separated (two numbers).")
 
+    # video training options (lf_ext.pooling); the stock templates (qwen2_vl) so far
+    bgobj_video_pool_stride: int = _key(1, "Video: pool each temporal slice's merged tokens on its (h, w) grid with this "
+                                        "stride after the merger (LLaVA-NeXT get_2dPool); 1 = off. Stock Qwen2-VL / "
+                                        "Qwen2.5-VL templates so far.")
+    bgobj_video_pool_mode: str = _key("average", "Video: how bgobj_video_pool_stride pools: 'average', 'max' (over each "
+                                      "stride x stride cell) or 'bilinear' (resampling to the pooled size).",
+                                      ["average", "max", "bilinear"])
+
     # model
     bgobj_prefusion_layers: int = _key(0, "Causal prefusion layers before the LLM (copies of its first N layers, "
                                        "gated shut at start); 0 = off. Only when a checkpoint first gets bgobj.")
@@ -134,6 +142,11 @@ def _check_ranges(s: "BgObjArguments") -> None:
     if len(thresholds) != 2 or not all(_is_number(t) and float(t) >= 0 for t in thresholds):
         raise BgObjConfigError(f"bgobj_patch_thresholds must be two non-negative numbers (2x2 and 4x4 blocks), "
                                f"got {s.bgobj_patch_thresholds!r}.")
+    if s.bgobj_video_pool_stride < 1:
+        raise BgObjConfigError(f"bgobj_video_pool_stride must be >= 1 (1 = off), got {s.bgobj_video_pool_stride}.")
+    if s.bgobj_video_pool_stride > 1 and s.bgobj_patch_selection != "none":
+        raise BgObjConfigError("bgobj_video_pool_stride and bgobj_patch_selection cannot be combined yet (a pooled clip "
+                               "keeps every unit); set one of them.")
     if s.bgobj_mask_margin < 0:
         raise BgObjConfigError(f"bgobj_mask_margin must be >= 0, got {s.bgobj_mask_margin}.")
     if not 0.0 <= s.bgobj_unit_coverage < 1.0:
@@ -291,6 +304,24 @@ class Settings:
         """True when the command trains (``do_train``), e.g. not chat, api or export."""
         value = self.lf_args.get("do_train", False)
         return value.lower() in ("true", "1", "yes") if isinstance(value, str) else bool(value)
+
+
+def check_video_data(settings: Settings) -> None:
+    """Video options on a training command whose datasets declare no ``videos`` column: a clear error before
+    any data is read (the options would silently do nothing)."""
+    from lf_ext.eval.datasets import dataset_entry, dataset_names
+
+    if settings.keys.bgobj_video_pool_stride == 1 or not settings.training:
+        return
+    names = dataset_names(settings.lf_args)
+    try:
+        entries = {name: dataset_entry(settings.lf("dataset_dir", "data"), name) for name in names}
+    except (OSError, ValueError):
+        return  # LLaMA-Factory reports a missing dataset itself
+    if entries and not any((entry.get("columns") or {}).get("videos") for entry in entries.values()):
+        raise BgObjConfigError(f"bgobj_video_pool_stride={settings.keys.bgobj_video_pool_stride} is a video option, but no "
+                               f"dataset of this run ({', '.join(entries)}) declares a 'videos' column in "
+                               f"{settings.lf('dataset_dir', 'data')}/dataset_info.json")  # fmt: skip
 
 
 SETTINGS_ATTR = "lf_ext_settings"

@@ -11,7 +11,10 @@ whether it is kept. Tokens appear group by group: the kept background units in `
 order, then the kept object units in the same order; dropped units (a token budget, or a video's
 static background after its first slice) get no token and are never encoded. A *plain* layout (the
 stock template under a token budget) has no separators and no object group: its kept units in
-``(slice, row, col)`` order are the item's tokens. The plugin builds the layout once per batch and
+``(slice, row, col)`` order are the item's tokens. A plain item may be *pooled*
+(``bgobj_video_pool_stride``, :mod:`lf_ext.pooling`): its tokens are then the cells of its
+``ceil(rows / stride) x ceil(cols / stride)`` grid per slice, every unit encoded and pooled after the
+merger. The plugin builds the layout once per batch and
 hands it to the model as one tensor (:meth:`ImageLayout.pack`) under ``mm_inputs[LAYOUT_KEY]``; the
 vision encoding, the positions, the background cache and sibling training all read that one object.
 """
@@ -28,7 +31,8 @@ import torch
 BG_START, BG_END, OBJ_START, OBJ_END = "[BG_START]", "[BG_END]", "[OBJ_START]", "[OBJ_END]"
 SEPARATORS = (BG_START, BG_END, OBJ_START, OBJ_END)
 LAYOUT_KEY = "bgobj_layout"
-PACK_VERSION = 3
+PACK_VERSION = 4
+POOL_MODES = ("average", "max", "bilinear")
 
 Grid = tuple[int, int, int]  # (slices, rows, cols) in token units
 
@@ -107,12 +111,17 @@ class ImageLayout:
             truncates ``second_per_grid_ts`` to an integer too), -1 for an image; None: every item an
             image. The family turns it into the temporal position step (Qwen2.5-VL:
             ``tokens_per_second * seconds``; Qwen2-VL: 1).
+        pools: per item, the stride of 2-D pooling after the merger (1: none; only plain items with
+            every unit kept); None: 1 for every item.
+        pool_mode: ``average``, ``max`` or ``bilinear`` (LLaVA-NeXT's ``get_2dPool`` modes).
     """
 
     grids: tuple[Grid, ...]
     groups: torch.Tensor
     separated: bool = True
     slice_seconds: tuple[int, ...] | None = None
+    pools: tuple[int, ...] | None = None
+    pool_mode: str = "average"
 
     def __post_init__(self):
         grids = tuple(tuple(int(v) for v in grid) for grid in self.grids)
@@ -131,9 +140,18 @@ class ImageLayout:
         seconds = tuple(int(v) for v in self.slice_seconds) if self.slice_seconds is not None else (-1,) * len(grids)
         if len(seconds) != len(grids) or any(v < -1 for v in seconds):
             raise ValueError(f"layout slice_seconds must be one integer >= -1 per item, got {self.slice_seconds} for {len(grids)} items")
+        pools = tuple(int(v) for v in self.pools) if self.pools is not None else (1,) * len(grids)
+        if len(pools) != len(grids) or any(v < 1 for v in pools):
+            raise ValueError(f"layout pools must be one integer >= 1 per item, got {self.pools} for {len(grids)} items")
+        if self.pool_mode not in POOL_MODES:
+            raise ValueError(f"layout pool_mode must be one of {POOL_MODES}, got {self.pool_mode!r}")
         object.__setattr__(self, "grids", grids)
         object.__setattr__(self, "groups", groups.to(torch.int8).contiguous())
         object.__setattr__(self, "slice_seconds", seconds)
+        object.__setattr__(self, "pools", pools)
+        for item, pool in enumerate(pools):
+            if pool > 1 and (self.separated or bool((self.item_groups(item) != int(Group.BACKGROUND)).any())):
+                raise ValueError(f"item {item}: pooling (stride {pool}) needs a plain item with every unit kept")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -151,9 +169,13 @@ class ImageLayout:
         layouts = list(layouts)
         if any(layout.separated != separated for layout in layouts):
             raise ValueError("cannot mix separated and plain layouts")
+        if len({layout.pool_mode for layout in layouts if max(layout.pools, default=1) > 1}) > 1:
+            raise ValueError("cannot mix pooling modes in one layout")
         grids = tuple(grid for layout in layouts for grid in layout.grids)
         groups = torch.cat([layout.groups for layout in layouts]) if layouts else torch.zeros(0, dtype=torch.int8)
-        return cls(grids, groups, separated, tuple(v for layout in layouts for v in layout.slice_seconds))
+        mode = next((layout.pool_mode for layout in layouts if max(layout.pools, default=1) > 1), "average")
+        return cls(grids, groups, separated, tuple(v for layout in layouts for v in layout.slice_seconds),
+                   tuple(v for layout in layouts for v in layout.pools), mode)  # fmt: skip
 
     @classmethod
     def coerce(cls, value) -> "ImageLayout | None":
@@ -179,7 +201,18 @@ class ImageLayout:
         return sum(self.sizes[:item])
 
     def item(self, item: int) -> "ImageLayout":
-        return ImageLayout((self.grids[item],), self.item_groups(item).reshape(-1), self.separated, (self.slice_seconds[item],))
+        return ImageLayout((self.grids[item],), self.item_groups(item).reshape(-1), self.separated, (self.slice_seconds[item],),
+                           (self.pools[item],), self.pool_mode)  # fmt: skip
+
+    @property
+    def pooled(self) -> bool:
+        return max(self.pools, default=1) > 1
+
+    def token_grid(self, item: int) -> Grid:
+        """``(slices, rows, cols)`` of the item's token grid: its unit grid, or the pooled one."""
+        slices, rows, cols = self.grids[item]
+        pool = self.pools[item]
+        return slices, -(-rows // pool), -(-cols // pool)
 
     def items(self) -> list["ImageLayout"]:
         return [self.item(i) for i in range(len(self))]
@@ -200,7 +233,12 @@ class ImageLayout:
         return self.count(Group.OBJECT, item)
 
     def n_tokens(self, item: int | None = None) -> int:
-        """Visual tokens of one item (or of all): its background and object units."""
+        """Visual tokens of one item (or of all): its background and object units (a pooled item: its cells)."""
+        if item is None:
+            return sum(self.n_tokens(i) for i in range(len(self)))
+        if self.pools[item] > 1:
+            slices, rows, cols = self.token_grid(item)
+            return slices * rows * cols
         return self.count(Group.BACKGROUND, item) + self.count(Group.OBJECT, item)
 
     def object_labels(self, item: int) -> torch.Tensor:
@@ -226,7 +264,7 @@ class ImageLayout:
         start = self.offset(item)
         new = self.groups.clone()
         new[start : start + self.sizes[item]] = torch.as_tensor(groups).reshape(-1).to(torch.int8)
-        return ImageLayout(self.grids, new, self.separated, self.slice_seconds)
+        return ImageLayout(self.grids, new, self.separated, self.slice_seconds, self.pools, self.pool_mode)
 
     def with_kept(self, item: int, kept: torch.Tensor) -> "ImageLayout":
         """The same layout with one item's units kept where ``kept`` (its grid's shape) is True, dropped
@@ -237,19 +275,21 @@ class ImageLayout:
 
     # ------------------------------------------------------------------ transport
     def pack(self) -> torch.Tensor:
-        """One int64 tensor: ``[version, separated, items, (slices, rows, cols, slice seconds) per item..., groups...]``."""
-        header = [PACK_VERSION, int(self.separated), len(self.grids)]
-        header += [v for grid, step in zip(self.grids, self.slice_seconds) for v in (*grid, step)]
+        """One int64 tensor: ``[version, separated, pool mode, items, (slices, rows, cols, slice seconds, pool) per
+        item..., groups...]``."""
+        header = [PACK_VERSION, int(self.separated), POOL_MODES.index(self.pool_mode), len(self.grids)]
+        header += [v for grid, step, pool in zip(self.grids, self.slice_seconds, self.pools) for v in (*grid, step, pool)]
         return torch.cat([torch.tensor(header, dtype=torch.long), self.groups.long()])
 
     @classmethod
     def unpack(cls, packed: torch.Tensor) -> "ImageLayout":
         values = torch.as_tensor(packed).detach().reshape(-1).cpu().long()
-        if values.numel() < 3 or int(values[0]) != PACK_VERSION:
+        if values.numel() < 4 or int(values[0]) != PACK_VERSION:
             raise ValueError(f"{LAYOUT_KEY} is not a packed ImageLayout (version {PACK_VERSION})")
-        separated, items = bool(values[1]), int(values[2])
-        header = values[3 : 3 + 4 * items].view(items, 4).tolist() if items else []
-        return cls(tuple(tuple(g[:3]) for g in header), values[3 + 4 * items :], separated, tuple(g[3] for g in header))
+        separated, mode, items = bool(values[1]), POOL_MODES[int(values[2])], int(values[3])
+        header = values[4 : 4 + 5 * items].view(items, 5).tolist() if items else []
+        return cls(tuple(tuple(g[:3]) for g in header), values[4 + 5 * items :], separated, tuple(g[3] for g in header),
+                   tuple(g[4] for g in header), mode)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,13 @@ import torch
 from torch import nn
 
 from lf_ext.families import BgObjFamily
+from lf_ext.families.base import sequential_positions
 from lf_ext.inference.metrics import observe_component
 from lf_ext.layout import LAYOUT_KEY, ImageLayout, SeparatorIds
 from lf_ext.models.modules import init_separators_from
 from lf_ext.models.prefusion import BgObjCache, prefusion_cache_of
 from lf_ext.patching import wrap
+from lf_ext.pooling import pool_layout_tokens
 
 
 def scatter_features(embeds: torch.Tensor, ids: torch.Tensor, features: torch.Tensor, image_token: int) -> torch.Tensor:
@@ -41,9 +43,9 @@ def scatter_features(embeds: torch.Tensor, ids: torch.Tensor, features: torch.Te
 def embed_layout(model: nn.Module, family: BgObjFamily, input_ids: torch.Tensor, pixel_values: torch.Tensor,
                  layout: ImageLayout) -> torch.Tensor:  # fmt: skip
     """Input embeddings of separated sequences: token embeddings (separator rows included) with the
-    family's separated visual features at the visual tokens."""
+    family's separated visual features at the visual tokens (pooled items pooled, :mod:`lf_ext.pooling`)."""
     embeds = model.get_input_embeddings()(input_ids)
-    features = family.encode(model, pixel_values, layout)
+    features = pool_layout_tokens(family.encode(model, pixel_values, layout), layout)
     return scatter_features(embeds, input_ids, features, family.image_token_id(model.config))
 
 
@@ -63,17 +65,31 @@ def _layout_forward(model: nn.Module, family: BgObjFamily):
             started = time.perf_counter()
             embeds = embed_layout(model, family, input_ids, kwargs.pop("pixel_values"), layout)
             observe_component("vision", time.perf_counter() - started)
-            if kwargs.get("position_ids") is None or family.replaces_given_positions:
+            if family.replaces_given_positions:
+                _check_default_positions(family, input_ids, kwargs.get("position_ids"), kwargs.get("attention_mask"))
+                if kwargs.get("attention_mask") is None:  # without one, transformers reads non-consecutive ids as packing
+                    kwargs["attention_mask"] = torch.ones_like(input_ids)
+                kwargs["position_ids"] = None
+            if kwargs.get("position_ids") is None:
                 kwargs["position_ids"] = family.positions(model, input_ids, layout, kwargs.get("attention_mask"))
-            if family.replaces_given_positions and kwargs.get("attention_mask") is None:
-                # without a mask, transformers reads non-consecutive position ids as packed sequences
-                kwargs["attention_mask"] = torch.ones_like(input_ids)
             return stock_forward(input_ids=None, inputs_embeds=embeds, **kwargs)
 
         forward.__signature__ = _with_layout(inspect.signature(stock_forward))
         return forward
 
     return make
+
+
+def _check_default_positions(family: BgObjFamily, input_ids, position_ids, attention_mask) -> None:
+    """The layout's positions replace only ``generate``'s own sequential ids (or none): packed samples (position
+    ids restarting, 4-D masks) or a static cache's 4-D mask would be silently wrong, so they are refused."""
+    if attention_mask is not None and attention_mask.dim() != 2:
+        raise ValueError(f"{family.template}: a 4-D attention mask (packing, a static cache) is not supported with the "
+                         f"separated layout; use a 2-D mask (no packing, a dynamic cache)")  # fmt: skip
+    if position_ids is not None and not torch.equal(position_ids.expand_as(input_ids).to(input_ids.device),
+                                                    sequential_positions(input_ids, attention_mask)):  # fmt: skip
+        raise ValueError(f"{family.template}: position ids other than the sequential ones (packing) are not supported "
+                         f"with the separated layout; the layout gives the positions")  # fmt: skip
 
 
 def _with_layout(signature: inspect.Signature) -> inspect.Signature:

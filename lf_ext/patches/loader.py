@@ -48,7 +48,8 @@ def _after_patch_config(result, config, tokenizer, model_args, *args, **kwargs) 
 
 
 def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args, **kwargs) -> None:
-    """A bgobj model gets the separated layout; a stock model under a token budget the plain layout."""
+    """A bgobj model gets the separated layout; a stock model under a token budget or with video options the
+    plain layout."""
     from lf_ext.models.attach import attach_bgobj, initialize_new_modules
     from lf_ext.selection import PatchSelection
 
@@ -58,7 +59,7 @@ def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args
     if family.spec(model) is not None:
         attach_bgobj(model, family)
         initialize_new_modules(model, family)
-    elif PatchSelection.from_settings(settings_of(model_args).keys).enabled:
+    elif PatchSelection.from_settings(keys := settings_of(model_args).keys).enabled or keys.bgobj_video_pool_stride > 1:
         attach_bgobj(model, family)
 
 

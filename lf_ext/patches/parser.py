@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from types import ModuleType
 
-from lf_ext.config import Settings, attach_settings, parse_bgobj_args, split_bgobj_args
+from lf_ext.config import Settings, attach_settings, check_video_data, parse_bgobj_args, split_bgobj_args
 from lf_ext.log import get_logger
 from lf_ext.patching import wrap
 
@@ -19,6 +19,7 @@ def _parsing(parser_module: ModuleType):
         def _parse_args(parser, args=None, allow_extra_keys=False):
             rest, found = split_bgobj_args(parser_module.read_args(args))
             settings = Settings(parse_bgobj_args(found), rest if isinstance(rest, dict) else {})
+            check_video_data(settings)
             if found and found != _last_logged:
                 _last_logged.clear()
                 _last_logged.update(found)

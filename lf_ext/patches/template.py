@@ -34,10 +34,11 @@ def _bgobj_template_class(base: type) -> type:
 
 
 def _plain_plugin(template, name: str | None, settings):
-    """A family's plugin in plain mode for its stock template (a token budget without separation), or None."""
+    """A family's plugin in plain mode for its stock template (a token budget or video options without
+    separation), or None."""
     from lf_ext.selection import PatchSelection
 
-    if not PatchSelection.from_settings(settings.keys).enabled:
+    if not PatchSelection.from_settings(settings.keys).enabled and settings.keys.bgobj_video_pool_stride == 1:
         return None
     family = next((f for f in all_families() if f.stock_template == name), None)
     if family is None:

@@ -36,7 +36,7 @@ from functools import partial
 import torch
 from llamafactory.extras.constants import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
-from lf_ext.config import Settings
+from lf_ext.config import BgObjConfigError, Settings
 from lf_ext.eval.datasets import RecordLocator
 from lf_ext.families import BgObjFamily, family_for_type
 from lf_ext.inference.metrics import observe_component
@@ -64,12 +64,20 @@ class BgObjPluginMixin:
     # ------------------------------------------------------------------ settings
     def bind(self, settings: Settings):
         """A copy of this plugin using ``settings`` (its own labeler and sibling sampler)."""
+        if not self.plain and settings.keys.bgobj_video_pool_stride > 1:
+            raise BgObjConfigError(f"bgobj_video_pool_stride works with the stock template ({self.family.stock_template}) "
+                                   f"so far, not with the separated layout ({self.family.template})")  # fmt: skip
         return dataclasses.replace(self, settings=settings, _labeler=UnitLabeler(settings), _siblings=SiblingSampler(settings),
                                    _records=None)  # fmt: skip
 
     @property
     def family(self) -> BgObjFamily:
         return family_for_type(self.family_type)
+
+    @property
+    def plain_clips(self) -> bool:
+        """Plain mode with video options: clips go through the layout (pooled) instead of the stock video path."""
+        return self.plain and self.settings.keys.bgobj_video_pool_stride > 1
 
     @property
     def labeler(self) -> UnitLabeler:
@@ -99,7 +107,7 @@ class BgObjPluginMixin:
         return super()._get_mm_inputs(images, videos, audios, processor)
 
     def _get_mm_inputs(self, images, videos, audios, processor):
-        if videos and not self.plain:
+        if videos and (not self.plain or self.plain_clips):
             if images:
                 raise VideoError(f"{self._where(0, len(images), None, 'image')}: a sample with both images and videos "
                                  f"cannot use the separated layout ({self.family.template}); put them in separate samples")  # fmt: skip
@@ -174,6 +182,12 @@ class BgObjPluginMixin:
         inputs, grids = family.clip_image_inputs(stock, processor)
         seconds = [int(pixels.temporal / fps) for fps in regularized["fps_per_video"]]
         scaffold = ImageLayout(grids, torch.zeros(sum(t * r * c for t, r, c in grids), dtype=torch.int8), slice_seconds=seconds)
+        if self.plain:  # every unit kept, pooled after the merger
+            keys = self.settings.keys
+            inputs[LAYOUT_KEY] = ImageLayout(grids, scaffold.groups, separated=False, slice_seconds=seconds,
+                                             pools=(keys.bgobj_video_pool_stride,) * len(grids),
+                                             pool_mode=keys.bgobj_video_pool_mode).pack()  # fmt: skip
+            return inputs
         labeler = ClipLabeler(self.labeler, lambda frames: self._regularize_images(
             frames, image_max_pixels=getattr(processor, "video_max_pixels", 256 * 256),
             image_min_pixels=getattr(processor, "video_min_pixels", 16 * 16))["images"])  # fmt: skip
@@ -270,7 +284,7 @@ class BgObjPluginMixin:
         self._validate_input(processor, images, videos, audios)
         self._validate_messages(messages, images, videos, audios)
         messages = deepcopy(messages)
-        clips = bool(videos) and not self.plain
+        clips = bool(videos) and (not self.plain or self.plain_clips)
         if clips and images:
             self._get_mm_inputs(images, videos, audios, processor)  # raises the mixing error
         expansions = iter(self._clip_expansions(videos, processor) if clips else self._image_expansions(images, processor))

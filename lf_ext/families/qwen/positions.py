@@ -7,8 +7,10 @@ background tokens come from its first slice, so they sit at ``t = s``), whether 
 ``s + max(rows, cols)``, where stock text after the item would start (transformers' ``get_rope_index``),
 so every position up to ``[BG_END]`` depends on the background units only, never on the object: the
 background prefix can be cached. Text positions are 1-D as in stock.
-A plain layout (the stock template under a token budget) is the stock walk with its kept units only:
-each at its stock position, the text after the item where stock text would start.
+A plain layout (the stock template under a token budget, or with video options) is the stock walk
+with its kept units only: each at its stock position, the text after the item where stock text would
+start (``s + max(rows, cols)``, for clips too, as transformers' ``get_rope_index``); a pooled item walks
+its pooled grid, as a clip of that grid would.
 """
 
 from __future__ import annotations
@@ -66,10 +68,20 @@ def _plain_positions(tokens: list[int], layout: ImageLayout, image: int, tokens_
             raise ValueError(f"item {item}: {length} visual tokens in the sequence, the layout keeps {layout.n_tokens(item)}")
         out.append(torch.arange(cur, cur + start - at).expand(3, -1))
         cur += start - at
-        out.append(_unit_positions(cur, layout, item, Group.BACKGROUND, tokens_per_second))
-        cur, at = cur + max(layout.grids[item][1:]), start + length
+        out.append(_plain_item_positions(cur, layout, item, tokens_per_second))
+        cur, at = cur + max(layout.token_grid(item)[1:]), start + length
     out.append(torch.arange(cur, cur + len(tokens) - at).expand(3, -1))
     return torch.cat(out, dim=1).long()
+
+
+def _plain_item_positions(start: int, layout: ImageLayout, item: int, tokens_per_second: int | None) -> torch.Tensor:
+    """(3, n) positions of a plain item's tokens: its kept units, or every cell of its pooled grid."""
+    if layout.pools[item] == 1:
+        return _unit_positions(start, layout, item, Group.BACKGROUND, tokens_per_second)
+    slices, rows, cols = layout.token_grid(item)
+    cells = torch.arange(slices * rows * cols)
+    step = time_step(layout, item, tokens_per_second)
+    return torch.stack([start + cells // (rows * cols) * step, start + cells // cols % rows, start + cells % cols])
 
 
 def _runs(tokens: list[int], image: int) -> list[tuple[int, int]]:
