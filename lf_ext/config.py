@@ -69,7 +69,18 @@ class BgObjArguments:
     bgobj_patch_thresholds: str = _key("3,2", "Token budget 'v1': entropy thresholds (bits) of 2x2- and 4x4-unit blocks, "
                                        "comma-separated (two numbers).")
 
-    # video training options (lf_ext.pooling); the stock templates (qwen2_vl) so far
+    # video training options (lf_ext.pooling, lf_ext.plugins.clip_streams); the stock templates (qwen2_vl) so far
+    bgobj_video_scales: str = _key("1.0", "Video: each clip also enters at these smaller scales of its merged token grid "
+                                   "(bilinear resampling after the merger), as extra visual tokens with their own M-RoPE "
+                                   "grid, e.g. [1.0, 0.75, 0.5] or '1.0,0.75,0.5'; values in (0, 1]; '1.0' = off.")
+    bgobj_video_fast_slow: bool = _key(False, "Video: replace each clip by a slow stream (every slow_stride-th temporal "
+                                       "slice, at most num_slow, pooled by bgobj_video_pool_stride) and a fast stream "
+                                       "(every fast_stride-th slice, at most num_fast, pooled twice as hard), LLaVA-NeXT's "
+                                       "add_faster_video. A Qwen temporal slice is 2 frames.")
+    bgobj_video_fast_stride: int = _key(1, "Video fast/slow: temporal slice stride of the fast stream.")
+    bgobj_video_slow_stride: int = _key(4, "Video fast/slow: temporal slice stride of the slow stream.")
+    bgobj_video_num_fast: int = _key(8, "Video fast/slow: at most this many slices in the fast stream.")
+    bgobj_video_num_slow: int = _key(8, "Video fast/slow: at most this many slices in the slow stream.")
     bgobj_video_pool_stride: int = _key(1, "Video: pool each temporal slice's merged tokens on its (h, w) grid with this "
                                         "stride after the merger (LLaVA-NeXT get_2dPool); 1 = off. Stock Qwen2-VL / "
                                         "Qwen2.5-VL templates so far.")
@@ -142,11 +153,20 @@ def _check_ranges(s: "BgObjArguments") -> None:
     if len(thresholds) != 2 or not all(_is_number(t) and float(t) >= 0 for t in thresholds):
         raise BgObjConfigError(f"bgobj_patch_thresholds must be two non-negative numbers (2x2 and 4x4 blocks), "
                                f"got {s.bgobj_patch_thresholds!r}.")
+    try:
+        scales = video_scales(s.bgobj_video_scales)
+    except ValueError:
+        scales = None
+    if not scales or not all(0.0 < v <= 1.0 for v in scales):
+        raise BgObjConfigError(f"bgobj_video_scales must be numbers in (0, 1] (e.g. 1.0,0.75,0.5), got {s.bgobj_video_scales!r}.")
+    for name in ("bgobj_video_fast_stride", "bgobj_video_slow_stride", "bgobj_video_num_fast", "bgobj_video_num_slow"):
+        if getattr(s, name) < 1:
+            raise BgObjConfigError(f"{name} must be >= 1, got {getattr(s, name)}.")
+    if video_options_on(s) and s.bgobj_patch_selection != "none":
+        raise BgObjConfigError("the bgobj_video_* options and bgobj_patch_selection cannot be combined yet (a pooled or "
+                               "resampled clip keeps every unit); set one of them.")
     if s.bgobj_video_pool_stride < 1:
         raise BgObjConfigError(f"bgobj_video_pool_stride must be >= 1 (1 = off), got {s.bgobj_video_pool_stride}.")
-    if s.bgobj_video_pool_stride > 1 and s.bgobj_patch_selection != "none":
-        raise BgObjConfigError("bgobj_video_pool_stride and bgobj_patch_selection cannot be combined yet (a pooled clip "
-                               "keeps every unit); set one of them.")
     if s.bgobj_mask_margin < 0:
         raise BgObjConfigError(f"bgobj_mask_margin must be >= 0, got {s.bgobj_mask_margin}.")
     if not 0.0 <= s.bgobj_unit_coverage < 1.0:
@@ -167,6 +187,17 @@ def _check_ranges(s: "BgObjArguments") -> None:
         raise BgObjConfigError(f"bgobj_mask_dir not found: {s.bgobj_mask_dir!r}.")
     if s.bgobj_mask_fallback == s.bgobj_mask_provider and s.bgobj_mask_provider != "none":
         raise BgObjConfigError("bgobj_mask_fallback must differ from bgobj_mask_provider.")
+
+
+def video_scales(text: str) -> list[float]:
+    """The extra scales of ``bgobj_video_scales`` text ('1.0,0.75,0.5' or '[1.0, 0.75, 0.5]'), 1.0 included."""
+    return [float(v) for v in text.strip().strip("[]").split(",") if v.strip()]
+
+
+def video_options_on(keys: "BgObjArguments") -> bool:
+    """Any ``bgobj_video_*`` token option set (pooling, extra scales, fast/slow)."""
+    return (keys.bgobj_video_pool_stride > 1 or keys.bgobj_video_fast_slow
+            or any(v != 1.0 for v in video_scales(keys.bgobj_video_scales)))  # fmt: skip
 
 
 def _redis_url_problem(url: str) -> str | None:
@@ -232,6 +263,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
         raise BgObjConfigError(f"{f.name} expects a{'n integer' if kind is int else ' number'}, got {value!r}.")
     if kind is str and isinstance(value, str):
         return value
+    if kind is str and isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return ",".join(str(v) for v in value)  # a YAML list for a comma-separated key
     raise BgObjConfigError(f"{f.name} expects a {kind.__name__}, got {value!r}.")
 
 
@@ -311,7 +344,7 @@ def check_video_data(settings: Settings) -> None:
     any data is read (the options would silently do nothing)."""
     from lf_ext.eval.datasets import dataset_entry, dataset_names
 
-    if settings.keys.bgobj_video_pool_stride == 1 or not settings.training:
+    if not video_options_on(settings.keys) or not settings.training:
         return
     names = dataset_names(settings.lf_args)
     try:
@@ -319,9 +352,8 @@ def check_video_data(settings: Settings) -> None:
     except (OSError, ValueError):
         return  # LLaMA-Factory reports a missing dataset itself
     if entries and not any((entry.get("columns") or {}).get("videos") for entry in entries.values()):
-        raise BgObjConfigError(f"bgobj_video_pool_stride={settings.keys.bgobj_video_pool_stride} is a video option, but no "
-                               f"dataset of this run ({', '.join(entries)}) declares a 'videos' column in "
-                               f"{settings.lf('dataset_dir', 'data')}/dataset_info.json")  # fmt: skip
+        raise BgObjConfigError(f"the bgobj_video_* options are set, but no dataset of this run ({', '.join(entries)}) "
+                               f"declares a 'videos' column in {settings.lf('dataset_dir', 'data')}/dataset_info.json")  # fmt: skip
 
 
 SETTINGS_ATTR = "lf_ext_settings"

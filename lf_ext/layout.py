@@ -11,10 +11,10 @@ whether it is kept. Tokens appear group by group: the kept background units in `
 order, then the kept object units in the same order; dropped units (a token budget, or a video's
 static background after its first slice) get no token and are never encoded. A *plain* layout (the
 stock template under a token budget) has no separators and no object group: its kept units in
-``(slice, row, col)`` order are the item's tokens. A plain item may be *pooled*
-(``bgobj_video_pool_stride``, :mod:`lf_ext.pooling`): its tokens are then the cells of its
-``ceil(rows / stride) x ceil(cols / stride)`` grid per slice, every unit encoded and pooled after the
-merger. The plugin builds the layout once per batch and
+``(slice, row, col)`` order are the item's tokens. A plain item may be *resampled*
+(``bgobj_video_*`` options, :mod:`lf_ext.pooling`): every unit is encoded, then each slice's grid of
+merged tokens is scaled (bilinear, to ``round(rows * scale)``) and pooled (``stride``); its tokens
+are the cells of that grid. The plugin builds the layout once per batch and
 hands it to the model as one tensor (:meth:`ImageLayout.pack`) under ``mm_inputs[LAYOUT_KEY]``; the
 vision encoding, the positions, the background cache and sibling training all read that one object.
 """
@@ -113,6 +113,8 @@ class ImageLayout:
             ``tokens_per_second * seconds``; Qwen2-VL: 1).
         pools: per item, the stride of 2-D pooling after the merger (1: none; only plain items with
             every unit kept); None: 1 for every item.
+        scales: per item, the scale its merged grid is resampled to before pooling (1.0: none; in
+            thousandths when packed); None: 1.0 for every item.
         pool_mode: ``average``, ``max`` or ``bilinear`` (LLaVA-NeXT's ``get_2dPool`` modes).
     """
 
@@ -122,6 +124,7 @@ class ImageLayout:
     slice_seconds: tuple[int, ...] | None = None
     pools: tuple[int, ...] | None = None
     pool_mode: str = "average"
+    scales: tuple[float, ...] | None = None
 
     def __post_init__(self):
         grids = tuple(tuple(int(v) for v in grid) for grid in self.grids)
@@ -143,15 +146,20 @@ class ImageLayout:
         pools = tuple(int(v) for v in self.pools) if self.pools is not None else (1,) * len(grids)
         if len(pools) != len(grids) or any(v < 1 for v in pools):
             raise ValueError(f"layout pools must be one integer >= 1 per item, got {self.pools} for {len(grids)} items")
+        scales = tuple(float(v) for v in self.scales) if self.scales is not None else (1.0,) * len(grids)
+        if len(scales) != len(grids) or not all(0.0 < v <= 1.0 for v in scales):
+            raise ValueError(f"layout scales must be one number in (0, 1] per item, got {self.scales} for {len(grids)} items")
         if self.pool_mode not in POOL_MODES:
             raise ValueError(f"layout pool_mode must be one of {POOL_MODES}, got {self.pool_mode!r}")
         object.__setattr__(self, "grids", grids)
         object.__setattr__(self, "groups", groups.to(torch.int8).contiguous())
         object.__setattr__(self, "slice_seconds", seconds)
         object.__setattr__(self, "pools", pools)
-        for item, pool in enumerate(pools):
-            if pool > 1 and (self.separated or bool((self.item_groups(item) != int(Group.BACKGROUND)).any())):
-                raise ValueError(f"item {item}: pooling (stride {pool}) needs a plain item with every unit kept")
+        object.__setattr__(self, "scales", scales)
+        for item in range(len(grids)):
+            if self.resampled(item) and (self.separated or bool((self.item_groups(item) != int(Group.BACKGROUND)).any())):
+                raise ValueError(f"item {item}: pooling (stride {pools[item]}, scale {scales[item]}) needs a plain item "
+                                 f"with every unit kept")  # fmt: skip
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -169,13 +177,14 @@ class ImageLayout:
         layouts = list(layouts)
         if any(layout.separated != separated for layout in layouts):
             raise ValueError("cannot mix separated and plain layouts")
-        if len({layout.pool_mode for layout in layouts if max(layout.pools, default=1) > 1}) > 1:
+        if len({layout.pool_mode for layout in layouts if layout.pooled}) > 1:
             raise ValueError("cannot mix pooling modes in one layout")
         grids = tuple(grid for layout in layouts for grid in layout.grids)
         groups = torch.cat([layout.groups for layout in layouts]) if layouts else torch.zeros(0, dtype=torch.int8)
-        mode = next((layout.pool_mode for layout in layouts if max(layout.pools, default=1) > 1), "average")
+        mode = next((layout.pool_mode for layout in layouts if layout.pooled), "average")
         return cls(grids, groups, separated, tuple(v for layout in layouts for v in layout.slice_seconds),
-                   tuple(v for layout in layouts for v in layout.pools), mode)  # fmt: skip
+                   tuple(v for layout in layouts for v in layout.pools), mode,
+                   tuple(v for layout in layouts for v in layout.scales))  # fmt: skip
 
     @classmethod
     def coerce(cls, value) -> "ImageLayout | None":
@@ -202,17 +211,28 @@ class ImageLayout:
 
     def item(self, item: int) -> "ImageLayout":
         return ImageLayout((self.grids[item],), self.item_groups(item).reshape(-1), self.separated, (self.slice_seconds[item],),
-                           (self.pools[item],), self.pool_mode)  # fmt: skip
+                           (self.pools[item],), self.pool_mode, (self.scales[item],))  # fmt: skip
+
+    def resampled(self, item: int) -> bool:
+        """True when the item's tokens are cells of a scaled and/or pooled grid, not its units."""
+        return self.pools[item] > 1 or self.scales[item] < 1.0
 
     @property
     def pooled(self) -> bool:
-        return max(self.pools, default=1) > 1
+        """Any item resampled."""
+        return any(self.resampled(item) for item in range(len(self)))
+
+    def scaled_grid(self, item: int) -> tuple[int, int]:
+        """``(rows, cols)`` of the item's grid after scaling (before pooling)."""
+        _, rows, cols = self.grids[item]
+        scale = self.scales[item]
+        return (rows, cols) if scale == 1.0 else (max(1, round(rows * scale)), max(1, round(cols * scale)))
 
     def token_grid(self, item: int) -> Grid:
-        """``(slices, rows, cols)`` of the item's token grid: its unit grid, or the pooled one."""
-        slices, rows, cols = self.grids[item]
+        """``(slices, rows, cols)`` of the item's token grid: its unit grid, or the scaled and pooled one."""
+        rows, cols = self.scaled_grid(item)
         pool = self.pools[item]
-        return slices, -(-rows // pool), -(-cols // pool)
+        return self.grids[item][0], -(-rows // pool), -(-cols // pool)
 
     def items(self) -> list["ImageLayout"]:
         return [self.item(i) for i in range(len(self))]
@@ -236,7 +256,7 @@ class ImageLayout:
         """Visual tokens of one item (or of all): its background and object units (a pooled item: its cells)."""
         if item is None:
             return sum(self.n_tokens(i) for i in range(len(self)))
-        if self.pools[item] > 1:
+        if self.resampled(item):
             slices, rows, cols = self.token_grid(item)
             return slices * rows * cols
         return self.count(Group.BACKGROUND, item) + self.count(Group.OBJECT, item)
@@ -264,7 +284,7 @@ class ImageLayout:
         start = self.offset(item)
         new = self.groups.clone()
         new[start : start + self.sizes[item]] = torch.as_tensor(groups).reshape(-1).to(torch.int8)
-        return ImageLayout(self.grids, new, self.separated, self.slice_seconds, self.pools, self.pool_mode)
+        return ImageLayout(self.grids, new, self.separated, self.slice_seconds, self.pools, self.pool_mode, self.scales)
 
     def with_kept(self, item: int, kept: torch.Tensor) -> "ImageLayout":
         """The same layout with one item's units kept where ``kept`` (its grid's shape) is True, dropped
@@ -275,10 +295,11 @@ class ImageLayout:
 
     # ------------------------------------------------------------------ transport
     def pack(self) -> torch.Tensor:
-        """One int64 tensor: ``[version, separated, pool mode, items, (slices, rows, cols, slice seconds, pool) per
-        item..., groups...]``."""
+        """One int64 tensor: ``[version, separated, pool mode, items, (slices, rows, cols, slice seconds, pool,
+        scale in thousandths) per item..., groups...]``."""
         header = [PACK_VERSION, int(self.separated), POOL_MODES.index(self.pool_mode), len(self.grids)]
-        header += [v for grid, step, pool in zip(self.grids, self.slice_seconds, self.pools) for v in (*grid, step, pool)]
+        header += [v for grid, step, pool, scale in zip(self.grids, self.slice_seconds, self.pools, self.scales)
+                   for v in (*grid, step, pool, round(scale * 1000))]  # fmt: skip
         return torch.cat([torch.tensor(header, dtype=torch.long), self.groups.long()])
 
     @classmethod
@@ -287,9 +308,9 @@ class ImageLayout:
         if values.numel() < 4 or int(values[0]) != PACK_VERSION:
             raise ValueError(f"{LAYOUT_KEY} is not a packed ImageLayout (version {PACK_VERSION})")
         separated, mode, items = bool(values[1]), POOL_MODES[int(values[2])], int(values[3])
-        header = values[4 : 4 + 5 * items].view(items, 5).tolist() if items else []
-        return cls(tuple(tuple(g[:3]) for g in header), values[4 + 5 * items :], separated, tuple(g[3] for g in header),
-                   tuple(g[4] for g in header), mode)  # fmt: skip
+        header = values[4 : 4 + 6 * items].view(items, 6).tolist() if items else []
+        return cls(tuple(tuple(g[:3]) for g in header), values[4 + 6 * items :], separated, tuple(g[3] for g in header),
+                   tuple(g[4] for g in header), mode, tuple(g[5] / 1000 for g in header))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
-"""2-D spatial pooling of a clip's visual tokens after the merger (LLaVA-NeXT's ``get_2dPool``).
+"""Resampling of a clip's visual tokens after the merger: scaling and 2-D pooling (LLaVA-NeXT's ``get_2dPool``).
 
-Each temporal slice's ``(rows, cols)`` grid of merged tokens becomes a
-``(ceil(rows / stride), ceil(cols / stride))`` grid: ``average`` and ``max`` over ``stride x stride``
-cells (a cell cut by the grid's edge pools the tokens it has), ``bilinear`` by bilinear resampling to
-that size (``align_corners=False``). Positions are those of the pooled grid
+Each temporal slice's ``(rows, cols)`` grid of merged tokens is first scaled, if its item has a scale
+below 1 (bilinear, ``align_corners=False``, to ``round(rows * scale) x round(cols * scale)``: the extra
+scales of ``bgobj_video_scales``), then pooled to ``(ceil(rows / stride), ceil(cols / stride))``:
+``average`` and ``max`` over ``stride x stride`` cells (a cell cut by the grid's edge pools the tokens
+it has), ``bilinear`` by bilinear resampling to that size. Positions are those of the resulting grid
 (:mod:`lf_ext.families.qwen.positions`), as if the clip had that grid.
 """
 
@@ -15,14 +16,21 @@ import torch.nn.functional as F
 from lf_ext.layout import Group, ImageLayout
 
 
-def pool_grid(tokens: torch.Tensor, grid: tuple[int, int, int], stride: int, mode: str) -> torch.Tensor:
-    """``[slices * rows * cols, hidden]`` tokens in ``(slice, row, col)`` order -> the pooled grid's, same order."""
+def pool_grid(tokens: torch.Tensor, grid: tuple[int, int, int], stride: int, mode: str,
+              scaled: tuple[int, int] | None = None) -> torch.Tensor:  # fmt: skip
+    """``[slices * rows * cols, hidden]`` tokens in ``(slice, row, col)`` order -> the resampled grid's, same
+    order; ``scaled``: ``(rows, cols)`` to scale to first (None: no scaling)."""
     slices, rows, cols = grid
-    if stride == 1:
+    if stride == 1 and (scaled is None or scaled == (rows, cols)):
         return tokens
     maps = tokens.reshape(slices, rows, cols, -1).permute(0, 3, 1, 2)  # (slices, hidden, rows, cols)
+    if scaled is not None and scaled != (rows, cols):
+        maps = F.interpolate(maps.float(), size=scaled, mode="bilinear", align_corners=False).to(tokens.dtype)
+        rows, cols = scaled
     size = (-(-rows // stride), -(-cols // stride))
-    if mode == "average":
+    if stride == 1:
+        pooled = maps
+    elif mode == "average":
         pooled = F.avg_pool2d(maps.float(), stride, stride, ceil_mode=True).to(tokens.dtype)
     elif mode == "max":
         pooled = F.max_pool2d(maps, stride, stride, ceil_mode=True)
@@ -40,6 +48,7 @@ def pool_layout_tokens(tokens: torch.Tensor, layout: ImageLayout) -> torch.Tenso
     out, at = [], 0
     for item in range(len(layout)):
         count = layout.count(Group.BACKGROUND, item) + layout.count(Group.OBJECT, item)  # the units encoded
-        out.append(pool_grid(tokens[at : at + count], layout.grids[item], layout.pools[item], layout.pool_mode))
+        out.append(pool_grid(tokens[at : at + count], layout.grids[item], layout.pools[item], layout.pool_mode,
+                             layout.scaled_grid(item)))  # fmt: skip
         at += count
     return torch.cat(out)

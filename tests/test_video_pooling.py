@@ -81,42 +81,73 @@ def _stock_video_inputs(processor, video):
     return processor.video_processor(videos=[frames], return_tensors="pt")
 
 
+OPTIONS = {
+    "pool_average": dict(bgobj_video_pool_stride=2),
+    "pool_max": dict(bgobj_video_pool_stride=2, bgobj_video_pool_mode="max"),
+    "pool_bilinear": dict(bgobj_video_pool_stride=2, bgobj_video_pool_mode="bilinear"),
+    "scales": dict(bgobj_video_scales="1.0,0.75,0.5"),
+    "fast_slow": dict(bgobj_video_fast_slow=True, bgobj_video_slow_stride=2, bgobj_video_num_fast=3),
+    "all": dict(bgobj_video_pool_stride=2, bgobj_video_scales=[1.0, 0.5], bgobj_video_fast_slow=True, bgobj_video_slow_stride=3),
+}
+
+
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("mode", ["average", "max", "bilinear"])
+@pytest.mark.parametrize("option", list(OPTIONS))
 @torch.no_grad()
-def test_pooled_clip_tokens_features_and_positions(tiny_dir, clips, arch, mode):
-    """Stride 2: t x ceil(h/2) x ceil(w/2) visual tokens; their features are the stock video tower's,
-    pooled; their positions are what the stock model gives a clip with the pooled grid."""
-    loaded = _load(tiny_dir, arch, clips, bgobj_video_pool_stride=2, bgobj_video_pool_mode=mode)
+def test_clip_streams_tokens_features_and_positions(tiny_dir, clips, arch, option):
+    """Each stream of the clip: its token count is its resampled grid's; its features are the stock video
+    tower's for its slices, scaled and pooled; its positions are what the stock model gives a clip of
+    that grid (and its slices' time span)."""
+    from lf_ext.config import Settings
+    from lf_ext.plugins.clip_streams import clip_streams
+
+    keys = Settings.from_dict(OPTIONS[option]).keys
+    loaded = _load(tiny_dir, arch, clips, **OPTIONS[option])
     tokenizer_module, _, model = loaded
     family = family_of(model)
     video = str(clips / "clips" / "room_000_0.mp4")
     ids, inputs = _encode(loaded, video)
     layout = ImageLayout.unpack(inputs[LAYOUT_KEY])
-    slices, rows, cols = layout.grids[0]
-    pooled = (slices, -(-rows // 2), -(-cols // 2))
-    assert layout.token_grid(0) == pooled and not layout.separated and layout.pool_mode == mode
-    image = family.image_token_id(model.config)
-    assert int((ids == image).sum()) == slices * pooled[1] * pooled[2] < slices * rows * cols
-
     stock = _stock_video_inputs(tokenizer_module["processor"], video)
-    assert torch.equal(inputs["pixel_values"], stock["pixel_values_videos"])
+    slices, height, width = stock["video_grid_thw"][0].tolist()
+    rows, cols = height // 2, width // 2
+    streams = clip_streams(keys, slices)
+    assert len(layout) == len(streams) > (1 if option in ("scales", "fast_slow", "all") else 0) and not layout.separated
+    image = family.image_token_id(model.config)
+    assert int((ids == image).sum()) == layout.n_tokens() == sum(
+        len(st.slices) * -(-max(1, round(rows * st.scale)) // st.pool) * -(-max(1, round(cols * st.scale)) // st.pool) for st in streams)
+
+    stock_tokens = family.stock_features(model, dict(stock)).reshape(slices, rows * cols, -1)
+    expected = torch.cat([pool_grid(stock_tokens[list(st.slices)].reshape(-1, stock_tokens.shape[-1]), (len(st.slices), rows, cols),
+                                    st.pool, keys.bgobj_video_pool_mode, layout.scaled_grid(item)) for item, st in enumerate(streams)])
     ours = pool_layout_tokens(family.encode(model, inputs["pixel_values"], layout), layout)
-    expected = pool_grid(family.stock_features(model, dict(stock)), (slices, rows, cols), 2, mode)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
 
-    # positions: the stock get_rope_index on the same ids, the clip's tokens as video tokens of the pooled grid
+    # positions: the stock get_rope_index on the same ids, each stream's tokens a video of its resampled grid
     video_token = int(model.config.video_token_id)
     as_video = torch.where(ids == image, torch.full_like(ids, video_token), ids)
-    grid_thw = torch.tensor([[slices, pooled[1] * 2, pooled[2] * 2]])
+    grid_thw = torch.tensor([[t, r * 2, c * 2] for t, r, c in (layout.token_grid(i) for i in range(len(layout)))])
     extra = {"second_per_grid_ts": torch.tensor(layout.slice_seconds, dtype=torch.float)} if arch == "qwen2_5_vl" else {}
     mm_types = 2 * (as_video == video_token).int()
     expected_positions, _ = model.model.get_rope_index(as_video, mm_token_type_ids=mm_types, video_grid_thw=grid_thw, **extra)
-    ours_positions = family.positions(model, ids, layout)
-    assert torch.equal(ours_positions, expected_positions)
+    assert torch.equal(family.positions(model, ids, layout), expected_positions)
 
     out = model(input_ids=ids, **{k: v for k, v in inputs.items() if k != "mm_token_type_ids"})
     assert torch.isfinite(out.logits).all()
+
+
+def test_clip_streams_by_hand():
+    from lf_ext.config import Settings
+    from lf_ext.plugins.clip_streams import clip_streams
+
+    keys = Settings.from_dict(dict(bgobj_video_fast_slow=True, bgobj_video_num_slow=2, bgobj_video_pool_stride=2,
+                                   bgobj_video_scales="1.0,0.5")).keys  # fmt: skip
+    slow, scaled, fast = clip_streams(keys, 10)
+    assert (slow.slices, slow.pool, slow.scale, slow.slice_stride) == ((0, 4), 2, 1.0, 4)
+    assert (scaled.slices, scaled.pool, scaled.scale) == ((0, 4), 2, 0.5)
+    assert (fast.slices, fast.pool, fast.slice_stride) == (tuple(range(8)), 4, 1)
+    (only,) = clip_streams(Settings.from_dict(dict(bgobj_video_pool_stride=3)).keys, 5)
+    assert (only.slices, only.pool) == (tuple(range(5)), 3)
 
 
 @torch.no_grad()
@@ -133,6 +164,11 @@ def test_stride_one_leaves_the_stock_video_path(tiny_dir, clips):
     (dict(bgobj_video_pool_stride=0), "bgobj_video_pool_stride must be >= 1"),
     (dict(bgobj_video_pool_stride=2, bgobj_video_pool_mode="median"), "bgobj_video_pool_mode='median' is not one of"),
     (dict(bgobj_video_pool_stride=2, bgobj_patch_selection="budget"), "cannot be combined yet"),
+    (dict(bgobj_video_scales="1.0,0"), r"bgobj_video_scales must be numbers in \(0, 1\]"),
+    (dict(bgobj_video_scales=[1.0, 1.5]), r"bgobj_video_scales must be numbers in \(0, 1\]"),
+    (dict(bgobj_video_scales="big"), r"bgobj_video_scales must be numbers"),
+    (dict(bgobj_video_fast_slow=True, bgobj_video_slow_stride=0), "bgobj_video_slow_stride must be >= 1"),
+    (dict(bgobj_video_num_fast=0), "bgobj_video_num_fast must be >= 1"),
 ])  # fmt: skip
 def test_bad_values_are_refused(keys, message):
     with pytest.raises(BgObjConfigError, match=message):
@@ -155,20 +191,20 @@ def test_separated_template_and_image_only_data_are_refused_before_training(tiny
 
 # ------------------------------------------------------------------------------------------- training
 @pytest.mark.integration
-def test_llamafactory_train_and_chat_with_pooled_clips(tmp_path, tiny_dir, clips):
+def test_llamafactory_train_and_chat_with_every_video_option(tmp_path, tiny_dir, clips):
     out = tmp_path / "pooled"
     values = train_yaml(tiny_dir("qwen2_vl"), clips, out, "qwen2_vl", dataset="video_train", video_max_pixels=SIDE * SIDE,
-                        bgobj_video_pool_stride=2, save_strategy="no")  # fmt: skip
+                        **OPTIONS["all"])  # fmt: skip
     proc = run_cli(["llamafactory-cli", "train", str(write_yaml(tmp_path / "train.yaml", values))], cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-4000:]
     losses = [r["loss"] for r in map(json.loads, (out / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r]
     assert len(losses) == 3 and all(np.isfinite(losses))
-    assert "bgobj_video_pool_stride=2" in proc.stdout
+    assert "bgobj_video_fast_slow=True" in proc.stdout
 
     from llamafactory.chat import ChatModel
 
     chat = ChatModel(dict(model_name_or_path=str(out), template="qwen2_vl", infer_dtype="float32", max_new_tokens=3,
-                          do_sample=False, video_max_pixels=SIDE * SIDE, bgobj_video_pool_stride=2))  # fmt: skip
+                          do_sample=False, video_max_pixels=SIDE * SIDE, **OPTIONS["all"]))  # fmt: skip
     assert chat.engine.template.mm_plugin.plain_clips  # the clip is pooled in chat too
     reply = chat.chat([{"role": "user", "content": QUESTION}], videos=[str(clips / "clips" / "room_000_1.mp4")])[0]
     assert isinstance(reply.response_text, str)

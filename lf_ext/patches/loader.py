@@ -51,6 +51,7 @@ def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args
     """A bgobj model gets the separated layout; a stock model under a token budget or with video options the
     plain layout."""
     from lf_ext.models.attach import attach_bgobj, initialize_new_modules
+    from lf_ext.config import video_options_on
     from lf_ext.selection import PatchSelection
 
     family = family_of(model)
@@ -59,7 +60,7 @@ def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args
     if family.spec(model) is not None:
         attach_bgobj(model, family)
         initialize_new_modules(model, family)
-    elif PatchSelection.from_settings(keys := settings_of(model_args).keys).enabled or keys.bgobj_video_pool_stride > 1:
+    elif PatchSelection.from_settings(keys := settings_of(model_args).keys).enabled or video_options_on(keys):
         attach_bgobj(model, family)
 
 

@@ -36,9 +36,10 @@ def _bgobj_template_class(base: type) -> type:
 def _plain_plugin(template, name: str | None, settings):
     """A family's plugin in plain mode for its stock template (a token budget or video options without
     separation), or None."""
+    from lf_ext.config import video_options_on
     from lf_ext.selection import PatchSelection
 
-    if not PatchSelection.from_settings(settings.keys).enabled and settings.keys.bgobj_video_pool_stride == 1:
+    if not PatchSelection.from_settings(settings.keys).enabled and not video_options_on(settings.keys):
         return None
     family = next((f for f in all_families() if f.stock_template == name), None)
     if family is None:

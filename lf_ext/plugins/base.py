@@ -36,13 +36,14 @@ from functools import partial
 import torch
 from llamafactory.extras.constants import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
-from lf_ext.config import BgObjConfigError, Settings
+from lf_ext.config import BgObjConfigError, Settings, video_options_on
 from lf_ext.eval.datasets import RecordLocator
 from lf_ext.families import BgObjFamily, family_for_type
 from lf_ext.inference.metrics import observe_component
 from lf_ext.layout import LAYOUT_KEY, ImageLayout
 from lf_ext.masks.base import MaskError
 from lf_ext.plugins.clip_labels import ClipLabeler, OpenedClip, VideoError
+from lf_ext.plugins.clip_streams import stream_inputs, streams_per_clip
 from lf_ext.plugins.image_labels import REQUEST_KEY, OpenedImage, UnitLabeler, open_original
 from lf_ext.plugins.siblings import Sibling, SiblingSampler
 from lf_ext.selection import PatchSelection
@@ -64,8 +65,8 @@ class BgObjPluginMixin:
     # ------------------------------------------------------------------ settings
     def bind(self, settings: Settings):
         """A copy of this plugin using ``settings`` (its own labeler and sibling sampler)."""
-        if not self.plain and settings.keys.bgobj_video_pool_stride > 1:
-            raise BgObjConfigError(f"bgobj_video_pool_stride works with the stock template ({self.family.stock_template}) "
+        if not self.plain and video_options_on(settings.keys):
+            raise BgObjConfigError(f"the bgobj_video_* options work with the stock template ({self.family.stock_template}) "
                                    f"so far, not with the separated layout ({self.family.template})")  # fmt: skip
         return dataclasses.replace(self, settings=settings, _labeler=UnitLabeler(settings), _siblings=SiblingSampler(settings),
                                    _records=None)  # fmt: skip
@@ -77,7 +78,7 @@ class BgObjPluginMixin:
     @property
     def plain_clips(self) -> bool:
         """Plain mode with video options: clips go through the layout (pooled) instead of the stock video path."""
-        return self.plain and self.settings.keys.bgobj_video_pool_stride > 1
+        return self.plain and video_options_on(self.settings.keys)
 
     @property
     def labeler(self) -> UnitLabeler:
@@ -182,12 +183,10 @@ class BgObjPluginMixin:
         inputs, grids = family.clip_image_inputs(stock, processor)
         seconds = [int(pixels.temporal / fps) for fps in regularized["fps_per_video"]]
         scaffold = ImageLayout(grids, torch.zeros(sum(t * r * c for t, r, c in grids), dtype=torch.int8), slice_seconds=seconds)
-        if self.plain:  # every unit kept, pooled after the merger
-            keys = self.settings.keys
-            inputs[LAYOUT_KEY] = ImageLayout(grids, scaffold.groups, separated=False, slice_seconds=seconds,
-                                             pools=(keys.bgobj_video_pool_stride,) * len(grids),
-                                             pool_mode=keys.bgobj_video_pool_mode).pack()  # fmt: skip
-            return inputs
+        if self.plain:  # the clip's streams: every unit kept, resampled after the merger
+            merge = round((inputs["image_grid_thw"][0, 1] // grids[0][1]).item())
+            pixel_values, grid_thw, layout = stream_inputs(inputs["pixel_values"], grids, seconds, merge, self.settings.keys)
+            return dict(inputs, pixel_values=pixel_values, image_grid_thw=grid_thw, **{LAYOUT_KEY: layout.pack()})
         labeler = ClipLabeler(self.labeler, lambda frames: self._regularize_images(
             frames, image_max_pixels=getattr(processor, "video_max_pixels", 256 * 256),
             image_min_pixels=getattr(processor, "video_min_pixels", 16 * 16))["images"])  # fmt: skip
@@ -297,10 +296,13 @@ class BgObjPluginMixin:
         return messages
 
     def _clip_expansions(self, videos, processor) -> list[str]:
+        """One text per clip: its item's (plain mode: its streams') wrapped placeholders."""
+        per_clip = streams_per_clip(self.settings.keys) if self.plain else 1
         if not self.expand_mm_tokens:
-            return [self.wrap_item(self.image_token)] * len(videos)
+            return [self.wrap_item(self.image_token) * per_clip] * len(videos)
         layout = ImageLayout.unpack(self._get_mm_inputs([], videos, [], processor)[LAYOUT_KEY])
-        return [self.wrap_item(layout.placeholder(item, self.image_token)) for item in range(len(layout))]
+        texts = [self.wrap_item(layout.placeholder(item, self.image_token)) for item in range(len(layout))]
+        return ["".join(texts[at : at + per_clip]) for at in range(0, len(texts), per_clip)]
 
     def _image_expansions(self, images, processor) -> list[str]:
         if not images:

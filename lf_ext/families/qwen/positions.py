@@ -76,7 +76,7 @@ def _plain_positions(tokens: list[int], layout: ImageLayout, image: int, tokens_
 
 def _plain_item_positions(start: int, layout: ImageLayout, item: int, tokens_per_second: int | None) -> torch.Tensor:
     """(3, n) positions of a plain item's tokens: its kept units, or every cell of its pooled grid."""
-    if layout.pools[item] == 1:
+    if not layout.resampled(item):
         return _unit_positions(start, layout, item, Group.BACKGROUND, tokens_per_second)
     slices, rows, cols = layout.token_grid(item)
     cells = torch.arange(slices * rows * cols)
