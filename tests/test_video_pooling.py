@@ -208,3 +208,16 @@ def test_llamafactory_train_and_chat_with_every_video_option(tmp_path, tiny_dir,
     assert chat.engine.template.mm_plugin.plain_clips  # the clip is pooled in chat too
     reply = chat.chat([{"role": "user", "content": QUESTION}], videos=[str(clips / "clips" / "room_000_1.mp4")])[0]
     assert isinstance(reply.response_text, str)
+
+
+@pytest.mark.integration
+def test_ddp_gloo_with_every_video_option(tmp_path, tiny_dir, clips):
+    values = train_yaml(tiny_dir("qwen2_vl"), clips, tmp_path / "out", "qwen2_vl", dataset="video_train", ddp_backend="gloo",
+                        video_max_pixels=SIDE * SIDE, **OPTIONS["all"])  # fmt: skip
+    proc = run_cli(["llamafactory-cli", "train", str(write_yaml(tmp_path / "ddp.yaml", values))], cwd=tmp_path,
+                   FORCE_TORCHRUN="1", NPROC_PER_NODE="2")  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for rank in (0, 1):
+        assert f"[INFO|lf_ext|rank{rank}] bgobj: plain layout on (video options)" in proc.stdout
+    losses = [r["loss"] for r in map(json.loads, (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == 3 and all(np.isfinite(losses))

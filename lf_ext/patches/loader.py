@@ -62,6 +62,7 @@ def _after_patch_model(result, model, tokenizer, model_args, is_trainable, *args
         initialize_new_modules(model, family)
     elif PatchSelection.from_settings(keys := settings_of(model_args).keys).enabled or video_options_on(keys):
         attach_bgobj(model, family)
+        logger.info("bgobj: plain layout on (%s)", "video options" if video_options_on(keys) else "token budget")
 
 
 def _before_init_adapter(config, model, model_args, finetuning_args, is_trainable, *args, **kwargs) -> None:

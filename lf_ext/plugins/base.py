@@ -15,7 +15,8 @@ Videos (families with video input): LLaMA-Factory samples and resizes the frames
 processor as always; each clip then becomes a separated item whose background is encoded once
 (:mod:`lf_ext.plugins.clip_labels`), handed to the model through the image inputs (the towers treat
 both alike; the layout carries the clip's slice duration for the positions). A sample mixing images
-and videos is refused with a clear error.
+and videos is refused with a clear error. With the ``bgobj_video_*`` options on a stock template, each
+clip instead becomes its plain streams (:mod:`lf_ext.plugins.clip_streams`), resampled after the merger.
 
 The plugin of a registered template holds default settings; ``get_template_and_fix_tokenizer``
 hands every command a copy bound to its own settings (:meth:`BgObjPluginMixin.bind`). A *plain*
