@@ -197,6 +197,13 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
                          runs=args.runs, warmup=args.warmup, checkpoints=args.checkpoints, accuracy=args.accuracy,
                          dataset_dir=args.dataset_dir, workdir=args.workdir, base_steps=args.base_steps, extra_steps=args.extra_steps,
                          methods=tuple(args.methods.split(",")), ttft_from=args.ttft_from)  # fmt: skip
+    elif args.bench_command == "video-options":
+        from lf_ext.bench.video_options import run_bench_video_options
+
+        run_bench_video_options(args.json, shapes=tuple(args.shapes.split(",")), side=args.px, runs=args.runs, warmup=args.warmup,
+                                steps=args.steps, checkpoints=args.checkpoints, accuracy=args.accuracy,
+                                dataset_dir=args.dataset_dir, workdir=args.workdir, base_steps=args.base_steps,
+                                extra_steps=args.extra_steps)  # fmt: skip
     elif args.bench_command == "video":
         from lf_ext.bench.video import run_bench_video
 
@@ -438,6 +445,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench_rep.add_argument("--workdir", default="work/bench/replicas", help="tiny checkpoint, recipes and server logs")
     bench_rep.set_defaults(func=_cmd_bench)
 
+    bench_vo = bench.add_parser("video-options", help="video options (pooling, scales, fast/slow): tokens, TTFT, step time, accuracy")
+    bench_vo.add_argument("--json", required=True)
+    bench_vo.add_argument("--shapes", default="tiny,small")
+    bench_vo.add_argument("--px", type=int, default=224, help="frame side of the generated video scenes")
+    bench_vo.add_argument("--runs", type=int, default=3)
+    bench_vo.add_argument("--warmup", type=int, default=1)
+    bench_vo.add_argument("--steps", type=int, default=6, help="training steps timed per variant (2 warm-up)")
+    bench_vo.add_argument("--checkpoints", default="work/bench/checkpoints")
+    bench_vo.add_argument("--accuracy", action="store_true", help="also train and evaluate each variant on video QA (slow)")
+    bench_vo.add_argument("--dataset-dir", default=None, help="video scenes folder (default: generated in the workdir)")
+    bench_vo.add_argument("--workdir", default="work/bench/video_options")
+    bench_vo.add_argument("--base-steps", type=int, default=600)
+    bench_vo.add_argument("--extra-steps", type=int, default=200)
+    bench_vo.set_defaults(func=_cmd_bench)
     bench_budget = bench.add_parser("budget", help="token budget: tokens, TTFT and accuracy per alpha (entropy vs random/uniform)")
     bench_budget.add_argument("--json", required=True)
     bench_budget.add_argument("--plot", default=None)

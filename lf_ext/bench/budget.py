@@ -94,37 +94,23 @@ def measure_ttft(loaded: Loaded, image, alphas, runs: int, warmup: int) -> list[
 
 def measure_accuracy(dataset_dir: Path, train: str, test: str, work: Path, alphas, methods, base_steps: int, extra_steps: int,
                      image_max_pixels: int) -> list[dict]:  # fmt: skip
-    """Exact match per (method, alpha) after the same extra steps from one base (see the module docstring),
+    """Exact match per (method, alpha) after the same extra steps from one base (:mod:`lf_ext.bench.variants`),
     each row with its 95 % Wilson interval and, paired on the same questions, its difference to stock and
     (entropy methods) to random selection at the same alpha: bootstrap interval and McNemar p."""
-    from lf_ext.adaptation import train_stage
-    from lf_ext.eval.runner import exact_match, load_records, majority_baseline
-    from lf_ext.tiny.checkpoint import build_checkpoint
+    from lf_ext.bench.variants import variant_outcomes
 
-    train_records, test_records = load_records(dataset_dir, train), load_records(dataset_dir, test)
-    data = dict(dataset=train, dataset_dir=dataset_dir, image_max_pixels=image_max_pixels, template="qwen2_vl")
-    base, _ = train_stage(work, "base", "stock_sft.yaml", base_steps, model_name_or_path=build_checkpoint("qwen2_vl", work / "tiny", seed=0), **data)
-    stock, _ = train_stage(work, "stock", "stock_sft.yaml", extra_steps, model_name_or_path=base, **data)
-    outcomes = {("stock", 1.0): exact_match(stock, "qwen2_vl", dataset_dir, test_records, image_max_pixels)["correct"]}
-    for method in methods:
-        for alpha in alphas:
-            if alpha >= 1.0 and method in ("budget", "random", "uniform"):
-                continue  # alpha 1 keeps every unit: the stock row
-            keys = dict(bgobj_patch_selection=method, bgobj_patch_alpha=alpha)
-            model, _ = train_stage(work, f"{method}_{alpha}", "stock_sft.yaml", extra_steps, model_name_or_path=base, **data, **keys)
-            outcomes[(method, alpha)] = exact_match(model, "qwen2_vl", dataset_dir, test_records, image_max_pixels, extra_args=keys)["correct"]
-            print(f"  accuracy {method} alpha {alpha}: {sum(outcomes[(method, alpha)]) / len(test_records):.1%}", flush=True)
-    return accuracy_rows(outcomes, majority_baseline(train_records, test_records))
+    chosen = [(m, a) for m in methods for a in alphas if not (a >= 1.0 and m in ("budget", "random", "uniform"))]  # alpha 1: stock
+    variants = {"stock": {}, **{f"{m}_{a}": dict(bgobj_patch_selection=m, bgobj_patch_alpha=a) for m, a in chosen}}
+    outcomes, majority = variant_outcomes(dataset_dir, train, test, work, variants, base_steps, extra_steps,
+                                          dict(image_max_pixels=image_max_pixels))  # fmt: skip
+    return accuracy_rows({("stock", 1.0): outcomes["stock"], **{(m, a): outcomes[f"{m}_{a}"] for m, a in chosen}}, majority)
 
 
 def accuracy_rows(outcomes: dict[tuple[str, float], list[bool]], majority: float) -> list[dict]:
     """One row per (method, alpha): accuracy, n, 95 % interval, and paired comparisons against stock and
     (for the entropy methods) against random selection at the same alpha."""
-    from lf_ext.eval.stats import accuracy_row, mcnemar, paired_bootstrap
-
-    def paired(a: list[bool], b: list[bool]) -> dict:
-        low, high = paired_bootstrap(a, b)
-        return {"difference": (sum(a) - sum(b)) / max(1, len(a)), "difference_ci": [low, high], "p_value": mcnemar(a, b)["p_value"]}
+    from lf_ext.bench.variants import paired
+    from lf_ext.eval.stats import accuracy_row
 
     stock = outcomes[("stock", 1.0)]
     rows = []
@@ -140,20 +126,15 @@ def accuracy_rows(outcomes: dict[tuple[str, float], list[bool]], majority: float
     return rows
 
 
-def _signed(comparison: dict | None) -> str:
-    if comparison is None:
-        return ""
-    low, high = comparison["difference_ci"]
-    return f"{comparison['difference']:+.1%} [{low:+.1%}, {high:+.1%}] p={comparison['p_value']:.2f}"
-
-
 def print_accuracy(rows: list[dict]) -> None:
     """The accuracy table: interval, and the paired differences to stock and to random."""
+    from lf_ext.bench.variants import signed
+
     majority = next(r["majority_baseline"] for r in rows if r["method"] == "stock")
     print(f"\nexact match on {rows[0]['n']} test questions after the same extra steps with the selection on "
           f"(stock: none; majority-answer baseline {majority:.1%})")  # fmt: skip
-    table = [{**r, "ci": f"[{r['ci_low']:.1%}, {r['ci_high']:.1%}]", "minus_stock": _signed(r.get("vs_stock")),
-              "minus_random": _signed(r.get("vs_random"))} for r in rows]  # fmt: skip
+    table = [{**r, "ci": f"[{r['ci_low']:.1%}, {r['ci_high']:.1%}]", "minus_stock": signed(r.get("vs_stock")),
+              "minus_random": signed(r.get("vs_random"))} for r in rows]  # fmt: skip
     print_table(table, [("method", "{}"), ("alpha", "{}"), ("accuracy", "{:.1%}"), ("ci", "{}"), ("minus_stock", "{}"),
                         ("minus_random", "{}")])  # fmt: skip
 

@@ -121,8 +121,9 @@ def load(model_dir: Path, image_px: int, dtype: str, **extra: Any) -> Loaded:
     from lf_ext.families import family_of
 
     family = family_of(AutoConfig.from_pretrained(model_dir))
-    args = dict(model_name_or_path=str(model_dir), template=family.template, infer_dtype=dtype,
-                image_max_pixels=image_px * image_px, bgobj_cache=False, **extra)  # fmt: skip
+    extra.setdefault("template", family.template)  # the stock template with video options: the plain layout
+    args = dict(model_name_or_path=str(model_dir), infer_dtype=dtype, image_max_pixels=image_px * image_px, bgobj_cache=False,
+                **extra)  # fmt: skip
     model_args, data_args, finetuning_args, _ = get_infer_args(args)
     tokenizer_module = load_tokenizer(model_args)
     tokenizer = tokenizer_module["tokenizer"]
