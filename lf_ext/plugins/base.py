@@ -111,8 +111,9 @@ class BgObjPluginMixin:
     def _get_mm_inputs(self, images, videos, audios, processor):
         if videos and (not self.plain or self.plain_clips):
             if images:
+                layout = f"{self.family.stock_template} with bgobj_video_* options" if self.plain else self.family.template
                 raise VideoError(f"{self._where(0, len(images), None, 'image')}: a sample with both images and videos "
-                                 f"cannot use the separated layout ({self.family.template}); put them in separate samples")  # fmt: skip
+                                 f"cannot use the clip layout ({layout}); put them in separate samples")  # fmt: skip
             return self._clip_inputs(videos, audios, processor)
         opened = [self._open(images, index) for index in range(len(images))]
         mm_inputs = self._stock_inputs([o.image for o in opened], videos, audios, processor)
