@@ -146,11 +146,15 @@ def wait_for_log(log: Path, pattern: str, count: int = 1, timeout: float = 120) 
 
 def screenshot(page, path: Path, below: str | None = None) -> None:
     """A full-page PNG without notification toasts; with ``below``, cut 450 px under that field."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import expect
 
     for close in page.locator(".toast-close").all():
-        if close.is_visible():
-            close.click()
+        try:
+            if close.is_visible():
+                close.click(timeout=5000)
+        except PlaywrightError:
+            pass  # the toast closed itself between the check and the click; the count below still decides
     expect(page.locator(".toast-close")).to_have_count(0)
     clip = None
     if below:
