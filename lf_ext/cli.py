@@ -203,7 +203,7 @@ def _cmd_bench(args: argparse.Namespace, extra: list[str] = ()) -> int:
         run_bench_video_options(args.json, shapes=tuple(args.shapes.split(",")), side=args.px, runs=args.runs, warmup=args.warmup,
                                 steps=args.steps, checkpoints=args.checkpoints, accuracy=args.accuracy,
                                 dataset_dir=args.dataset_dir, workdir=args.workdir, base_steps=args.base_steps,
-                                extra_steps=args.extra_steps)  # fmt: skip
+                                extra_steps=args.extra_steps, timing=not args.no_timing)  # fmt: skip
     elif args.bench_command == "video":
         from lf_ext.bench.video import run_bench_video
 
@@ -458,6 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_vo.add_argument("--workdir", default="work/bench/video_options")
     bench_vo.add_argument("--base-steps", type=int, default=600)
     bench_vo.add_argument("--extra-steps", type=int, default=200)
+    bench_vo.add_argument("--no-timing", action="store_true", help="skip TTFT and step time (e.g. --accuracy alone)")
     bench_vo.set_defaults(func=_cmd_bench)
     bench_budget = bench.add_parser("budget", help="token budget: tokens, TTFT and accuracy per alpha (entropy vs random/uniform)")
     bench_budget.add_argument("--json", required=True)

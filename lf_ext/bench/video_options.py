@@ -112,7 +112,7 @@ def measure_accuracy(scenes: Path, work: Path, side: int, base_steps: int, extra
 def run_bench_video_options(json_out: str | Path, shapes=("tiny", "small"), side: int = 224, runs: int = 3, warmup: int = 1,
                             steps: int = 6, step_warmup: int = 2, checkpoints: str | Path = "work/bench/checkpoints",
                             accuracy: bool = False, dataset_dir: str | Path | None = None, workdir: str | Path = "work/bench/video_options",
-                            base_steps: int = 600, extra_steps: int = 200) -> dict:  # fmt: skip
+                            base_steps: int = 600, extra_steps: int = 200, timing: bool = True) -> dict:  # fmt: skip
     from lf_ext.bench.variants import signed
     from lf_ext.eval.runner import load_records
     from lf_ext.scenes.video import generate_video_scenes
@@ -126,15 +126,16 @@ def run_bench_video_options(json_out: str | Path, shapes=("tiny", "small"), side
         generate_video_scenes(scenes, image_size=(side, side), progress=False)
     clip = str(scenes / load_records(scenes, "video_test")[0]["videos"][0])
     ttft, steps_rows = [], []
-    for shape in shapes:
+    for shape in shapes if timing else ():
         ttft += measure_ttft(shape, Path(checkpoints), clip, side, runs, warmup)
         with tempfile.TemporaryDirectory(dir=work) as tmp:
             steps_rows += measure_steps(shape, scenes, Path(tmp), side, steps, step_warmup)
-    print(f"\nvisual tokens and first-token latency of one {side}-px clip (medians of {runs} after {warmup} warm-up)")
-    print_table(ttft, [("shape", "{}"), ("variant", "{}"), ("visual_tokens", "{}"), ("tokens_vs_stock", "{:.2f}"),
-                       ("ttft_ms", "{:.0f}"), ("ttft_vs_stock", "{:.2f}")])  # fmt: skip
-    print(f"\ntraining step time (full fine-tuning, batch 1, video_train; medians after {step_warmup} warm-up steps)")
-    print_table(steps_rows, [("shape", "{}"), ("variant", "{}"), ("step_ms", "{:.0f}"), ("step_vs_stock", "{:.2f}")])
+    if timing:
+        print(f"\nvisual tokens and first-token latency of one {side}-px clip (medians of {runs} after {warmup} warm-up)")
+        print_table(ttft, [("shape", "{}"), ("variant", "{}"), ("visual_tokens", "{}"), ("tokens_vs_stock", "{:.2f}"),
+                           ("ttft_ms", "{:.0f}"), ("ttft_vs_stock", "{:.2f}")])  # fmt: skip
+        print(f"\ntraining step time (full fine-tuning, batch 1, video_train; medians after {step_warmup} warm-up steps)")
+        print_table(steps_rows, [("shape", "{}"), ("variant", "{}"), ("step_ms", "{:.0f}"), ("step_vs_stock", "{:.2f}")])
     acc_rows = []
     if accuracy:
         acc_rows = measure_accuracy(scenes, work / "accuracy", side, base_steps, extra_steps)
