@@ -142,3 +142,34 @@ def test_bench_ttft_llava_row(tmp_path):
                             checkpoints=tmp_path / "ckpt", arch="llava")  # fmt: skip
     assert row["arch"] == "llava" and row["units"] == 576 and abs(row["object_fraction"] - 0.2) < 0.02
     assert row["hit_prefill_tokens"] < row["prompt_tokens"] and row["limit_ms"] <= row["hit_ms"]
+
+
+def test_bench_video_options_tokens_and_latency_rows(tmp_path):
+    """Each video option's row on the tiny shape: token counts follow the streams (pooling quarters them,
+    extra scales add, all together fewest) and every variant is timed."""
+    from lf_ext.bench.video_options import VARIANTS, measure_ttft
+    from lf_ext.scenes.video import generate_video_scenes
+
+    scenes = tmp_path / "scenes"
+    generate_video_scenes(scenes, num_cameras=1, clips_per_camera=2, frames=8, image_size=(112, 112), progress=False)
+    clip = str(next((scenes / "clips").glob("*.mp4")))
+    rows = {r["variant"]: r for r in measure_ttft("tiny", tmp_path / "ckpt", clip, 112, runs=1, warmup=0)}
+    assert list(rows) == list(VARIANTS)
+    stock = rows["stock"]["visual_tokens"]
+    assert rows["pool2"]["visual_tokens"] == stock // 4 and rows["scales"]["visual_tokens"] > stock
+    assert rows["all"]["visual_tokens"] == min(r["visual_tokens"] for r in rows.values())
+    assert all(r["ttft_ms"] > 0 and r["tokens_vs_stock"] == r["visual_tokens"] / stock for r in rows.values())
+
+
+def test_budget_accuracy_rows_pair_each_method_with_stock_and_random():
+    from lf_ext.bench.budget import accuracy_rows
+
+    stock = [True] * 6 + [False] * 4
+    outcomes = {("stock", 1.0): stock, ("budget", 0.3): [True] * 4 + [False] * 6, ("random", 0.3): [True] * 5 + [False] * 5,
+                ("v2", 1.0): stock}  # fmt: skip
+    rows = {(r["method"], r["alpha"]): r for r in accuracy_rows(outcomes, majority=0.4)}
+    assert rows[("stock", 1.0)]["majority_baseline"] == 0.4 and "vs_stock" not in rows[("stock", 1.0)]
+    budget = rows[("budget", 0.3)]
+    assert budget["accuracy"] == 0.4 and budget["vs_stock"]["difference"] == pytest.approx(-0.2)
+    assert budget["vs_random"]["difference"] == pytest.approx(-0.1) and budget["vs_stock"]["p_value"] == 0.5
+    assert "vs_random" not in rows[("random", 0.3)] and "vs_random" not in rows[("v2", 1.0)]  # no random at alpha 1
