@@ -132,7 +132,7 @@ COMPARED = ("stock", "bgobj_miss", "bgobj_forced_hits")
 def intervals_and_tests(results: dict, types: list[str]) -> dict:
     """95 % Wilson intervals of each model's accuracy (overall and per question type) and, against stock,
     the paired bootstrap interval of the difference and the exact McNemar test; ``types`` in record order."""
-    from lf_ext.eval.stats import accuracy_row, mcnemar, paired_bootstrap
+    from lf_ext.eval.stats import accuracy_row, paired_difference
 
     stock = results["stock"]["correct"]
     out: dict = {"intervals": {}, "per_type": {}, "against_stock": {}}
@@ -141,9 +141,7 @@ def intervals_and_tests(results: dict, types: list[str]) -> dict:
         out["intervals"][name] = accuracy_row(correct)
         out["per_type"][name] = {t: accuracy_row([c for c, q in zip(correct, types) if q == t]) for t in sorted(set(types))}
         if name != "stock":
-            low, high = paired_bootstrap(correct, stock)
-            out["against_stock"][name] = {"difference": (sum(correct) - sum(stock)) / max(1, len(stock)),
-                                          "difference_ci": [low, high], **mcnemar(correct, stock)}  # fmt: skip
+            out["against_stock"][name] = paired_difference(correct, stock)
     return out
 
 

@@ -109,8 +109,7 @@ def measure_accuracy(dataset_dir: Path, train: str, test: str, work: Path, alpha
 def accuracy_rows(outcomes: dict[tuple[str, float], list[bool]], majority: float) -> list[dict]:
     """One row per (method, alpha): accuracy, n, 95 % interval, and paired comparisons against stock and
     (for the entropy methods) against random selection at the same alpha."""
-    from lf_ext.bench.variants import paired
-    from lf_ext.eval.stats import accuracy_row
+    from lf_ext.eval.stats import accuracy_row, paired_difference
 
     stock = outcomes[("stock", 1.0)]
     rows = []
@@ -119,9 +118,9 @@ def accuracy_rows(outcomes: dict[tuple[str, float], list[bool]], majority: float
         if method == "stock":
             row["majority_baseline"] = majority
         else:
-            row["vs_stock"] = paired(correct, stock)
+            row["vs_stock"] = paired_difference(correct, stock)
             if method in ("budget", "v2") and ("random", alpha) in outcomes:
-                row["vs_random"] = paired(correct, outcomes[("random", alpha)])
+                row["vs_random"] = paired_difference(correct, outcomes[("random", alpha)])
         rows.append(row)
     return rows
 

@@ -13,7 +13,7 @@ from lf_ext.bench.report import machine_info, print_table, write_json
 from lf_ext.adaptation import cli_env
 
 
-def _args(model: Path, scenes: Path, out: Path, template: str, steps: int, batch: int, image_px: int) -> dict:
+def train_args(model: Path, scenes: Path, out: Path, template: str, steps: int, batch: int, image_px: int) -> dict:
     args = dict(model_name_or_path=str(model), template=template, stage="sft", do_train=True, finetuning_type="full",
                 freeze_vision_tower=False, dataset="scenes_train", dataset_dir=str(scenes), cutoff_len=2048,
                 image_max_pixels=image_px * image_px, max_samples=steps * batch, preprocessing_num_workers=1,
@@ -51,7 +51,7 @@ def run_bench_train(json_out: str | Path, shapes=("tiny", "small"), steps: int =
             model = build_checkpoint("qwen2_vl", tmp / shape, seed=0, shape=shape)
             medians = {}
             for template in ("qwen2_vl", "qwen2_vl_bgobj"):
-                times = time_steps(_args(model, scenes, tmp / f"out_{shape}", template, steps, batch, image_px), tmp)
+                times = time_steps(train_args(model, scenes, tmp / f"out_{shape}", template, steps, batch, image_px), tmp)
                 medians[template] = statistics.median(times[warmup:])
                 print(f"{shape} {template}: median step {medians[template] * 1000:.0f} ms over {len(times) - warmup} steps")
             rows.append({"shape": shape, "batch": batch, "image_px": image_px, "steps_timed": steps - warmup,

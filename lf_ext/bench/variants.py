@@ -3,7 +3,8 @@
 The ``bench accuracy`` adaptation's base (the tiny model trained with the stock template on the data),
 then for every variant (a dict of ``bgobj_*`` keys; ``{}`` is stock) the same extra steps from that base
 with the keys on, and exact match on the test split with them on. Rows carry the 95 % Wilson interval
-and, paired on the same questions, the difference to stock (bootstrap interval, McNemar p).
+and, paired on the same questions, the difference to stock
+(:func:`lf_ext.eval.stats.paired_difference`).
 """
 
 from __future__ import annotations
@@ -35,16 +36,8 @@ def variant_outcomes(dataset_dir: Path, train: str, test: str, work: Path, varia
     return outcomes, majority_baseline(train_records, test_records)
 
 
-def paired(a: list[bool], b: list[bool]) -> dict:
-    """``a`` minus ``b`` on the same questions: difference, 95 % bootstrap interval, McNemar p."""
-    from lf_ext.eval.stats import mcnemar, paired_bootstrap
-
-    low, high = paired_bootstrap(a, b)
-    return {"difference": (sum(a) - sum(b)) / max(1, len(a)), "difference_ci": [low, high], "p_value": mcnemar(a, b)["p_value"]}
-
-
 def signed(comparison: dict | None) -> str:
-    """``+1.0% [-2.0%, +4.0%] p=0.50`` of a :func:`paired` result ('' for None)."""
+    """``+1.0% [-2.0%, +4.0%] p=0.50`` of a ``paired_difference`` result ('' for None)."""
     if comparison is None:
         return ""
     low, high = comparison["difference_ci"]

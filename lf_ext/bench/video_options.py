@@ -77,17 +77,14 @@ def measure_ttft(shape: str, checkpoints: Path, clip: str, side: int, runs: int,
 
 def measure_steps(shape: str, scenes: Path, work: Path, side: int, steps: int, warmup: int) -> list[dict]:
     """Median training step time per variant (full fine-tuning, batch 1) on the video training split."""
-    from lf_ext.bench.train import time_steps
+    from lf_ext.bench.train import time_steps, train_args
     from lf_ext.tiny.checkpoint import build_checkpoint
 
     model = build_checkpoint("qwen2_vl", work / f"model_{shape}", seed=0, shape=shape)
     rows = []
     for name, keys in VARIANTS.items():
-        args = dict(model_name_or_path=str(model), template="qwen2_vl", stage="sft", do_train=True, finetuning_type="full",
-                    freeze_vision_tower=False, dataset="video_train", dataset_dir=str(scenes), max_samples=steps,
-                    preprocessing_num_workers=1, dataloader_num_workers=0, overwrite_cache=True, output_dir=str(work / "out"),
-                    overwrite_output_dir=True, save_strategy="no", logging_steps=1000, report_to="none",
-                    per_device_train_batch_size=1, max_steps=steps, learning_rate=1e-4, seed=0, **_video_data(side), **keys)  # fmt: skip
+        args = train_args(model, scenes, work / "out", "qwen2_vl", steps, 1, side)
+        args.update(dataset="video_train", **_video_data(side), **keys)
         times = time_steps(args, work)
         rows.append({"shape": shape, "variant": name, "step_ms": statistics.median(times[warmup:]) * 1000})
         print(f"  {shape} {name}: median step {rows[-1]['step_ms']:.0f} ms", flush=True)
@@ -97,15 +94,15 @@ def measure_steps(shape: str, scenes: Path, work: Path, side: int, steps: int, w
 
 
 def measure_accuracy(scenes: Path, work: Path, side: int, base_steps: int, extra_steps: int) -> list[dict]:
-    from lf_ext.bench.variants import paired, variant_outcomes
-    from lf_ext.eval.stats import accuracy_row
+    from lf_ext.bench.variants import variant_outcomes
+    from lf_ext.eval.stats import accuracy_row, paired_difference
 
     outcomes, majority = variant_outcomes(scenes, "video_train", "video_test", work, VARIANTS, base_steps, extra_steps,
                                           _video_data(side))  # fmt: skip
     rows = []
     for name, correct in outcomes.items():
         rows.append({"variant": name, **accuracy_row(correct), **({"majority_baseline": majority} if name == "stock" else
-                                                                   {"vs_stock": paired(correct, outcomes["stock"])})})  # fmt: skip
+                                                                   {"vs_stock": paired_difference(correct, outcomes["stock"])})})  # fmt: skip
     return rows
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from lf_ext.eval.datasets import read_records, record_images, record_videos
 from lf_ext.eval.metrics import GROUPS, METRICS, aggregate, score
-from lf_ext.eval.stats import accuracy_row, mcnemar, paired_bootstrap
+from lf_ext.eval.stats import accuracy_row, paired_difference
 
 CONFIGS = ("stock", "bgobj", "bgobj+cache")
 ORDERS = ("stream", "dataset")
@@ -183,10 +183,8 @@ def compare(task: str, rows: Sequence[dict], reference: Sequence[dict]) -> dict[
     difference of the primary metric."""
     metric = METRICS.get(task, ("correct",))[-1]
     ours, theirs = [r[metric] >= 0.5 for r in rows], [r[metric] >= 0.5 for r in reference]
-    low, high = paired_bootstrap(ours, theirs)
     agree = sum(a["prediction"] == b["prediction"] for a, b in zip(rows, reference)) / max(len(rows), 1)
-    return {"difference": (sum(ours) - sum(theirs)) / max(len(rows), 1), "difference_ci": [low, high],
-            "same_prediction": agree, **mcnemar(ours, theirs)}  # fmt: skip
+    return {**paired_difference(ours, theirs), "same_prediction": agree}
 
 
 def run_eval(task: str, dataset_dir: str | Path, dataset: str, model: str | Path, template: str, json_out: str | Path,

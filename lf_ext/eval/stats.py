@@ -4,7 +4,8 @@
   near 0 or 1, unlike the normal approximation);
 - :func:`paired_bootstrap`: the interval of a difference of two accuracies on the same questions,
   resampling questions;
-- :func:`mcnemar`: the exact two-sided McNemar test on the questions where two systems disagree.
+- :func:`mcnemar`: the exact two-sided McNemar test on the questions where two systems disagree;
+- :func:`paired_difference`: both for ``a`` against ``b``, as the benchmarks report them.
 """
 
 from __future__ import annotations
@@ -60,3 +61,11 @@ def accuracy_row(correct: Sequence[bool]) -> dict[str, float | int]:
     k, n = sum(bool(c) for c in correct), len(correct)
     low, high = wilson_interval(k, n)
     return {"accuracy": k / n if n else 0.0, "n": n, "ci_low": low, "ci_high": high}
+
+
+def paired_difference(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """``a`` minus ``b`` on the same questions: ``difference``, its 95 % bootstrap interval ``difference_ci``,
+    and the McNemar test (``only_a``, ``only_b``, ``p_value``)."""
+    low, high = paired_bootstrap(a, b)
+    return {"difference": (sum(bool(x) for x in a) - sum(bool(x) for x in b)) / max(1, len(a)), "difference_ci": [low, high],
+            **mcnemar(a, b)}  # fmt: skip
