@@ -248,9 +248,9 @@ def test_slow_redis_does_not_stall_a_request_beyond_the_timeout(redis_server):
         elapsed = time.perf_counter() - start
     finally:
         redis_server.resume()
-    assert elapsed < 0.2 + 0.3  # one timed-out call, then back-off: the rest skip Redis
     stats = redis_stats(b)
-    assert stats["redis_errors"] == 1 and stats["redis_skipped"] == 2
+    assert stats["redis_errors"] == 1 and stats["redis_skipped"] == 2  # one timed-out call, then back-off: the rest skip Redis
+    assert elapsed < 1.5  # bounded by the 0.2 s timeout (a paused server without one never answers); loose for a loaded CI machine
 
 
 # ----------------------------------------------------------------------------- configuration
